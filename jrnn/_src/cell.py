@@ -1,0 +1,227 @@
+"""The cell contract and the helpers every cell family shares.
+
+A cell is a NamedTuple of pure functions over a parameter pytree, in the spirit of
+``optax.GradientTransformation``::
+
+    params = cell.init(key, input_size)
+    carry = cell.initial_carry(batch_shape)
+    carry, y = cell.step(params, carry, x)
+
+Backends need the step split into its time-parallel and sequential parts:
+
+    step(p, carry, x) == recurrence(p, carry, input_projection(p, x))
+    recurrence(p, carry, xp) == gates(p, carry, xp, hidden_projection(p, carry))
+
+``input_projection`` is one matmul (or one row gather for integer tokens) that can run for
+all time steps at once; ``hidden_projection`` is the ``h @ W_hh`` matmul; ``gates`` is the
+pointwise math. Every cell's params carry a field ``w_ih`` of shape ``[input_size, G]``.
+
+Shapes use the letters b (batch, any number of leading dims), t (time), i (input), h (hidden),
+g (gate width: 4h for the LSTM, 3h for the GRU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = Any
+Carry = Any
+BatchShape = int | Sequence[int]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: a bundle of pure functions over a parameter pytree.
+
+    Attributes:
+      init: ``init(key, input_size) -> params``.
+      step: ``step(params, carry, x) -> (carry, y)`` for ``x`` of shape ``[..., i]`` (float)
+        or ``[...]`` (integer tokens in ``[0, i)``).
+      initial_carry: ``initial_carry(batch_shape) -> carry``, float32 zeros.
+      input_projection: ``input_projection(params, xs) -> xp``, time-parallel.
+      hidden_projection: ``hidden_projection(params, carry) -> hp``, the recurrent matmul.
+      gates: ``gates(params, carry, xp, hp) -> (carry, y)``, the pointwise update.
+      recurrence: ``recurrence(params, carry, xp) -> (carry, y)``.
+      name: the cell family (``"lstm"``, ``"gru"``, ...); kernel backends dispatch on it.
+      hidden_size: size of the hidden state.
+      output_size: size of ``y``.
+      options: a tuple of ``(name, value)`` pairs describing the cell's options, hashable.
+      linear: for cells linear in the carry, ``linear(params, xp) -> (log_a, b)`` so that
+        ``h_t = exp(log_a_t) * h_{t-1} + b_t``; ``None`` for nonlinear cells.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.lstm(8)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> carry = cell.initial_carry(2)
+      >>> carry, y = cell.step(params, carry, jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 8)
+    """
+
+    init: Callable[..., Params]
+    step: Callable[..., tuple[Carry, Array]]
+    initial_carry: Callable[..., Carry]
+    input_projection: Callable[..., Array]
+    hidden_projection: Callable[..., Any]
+    gates: Callable[..., tuple[Carry, Array]]
+    recurrence: Callable[..., tuple[Carry, Array]]
+    name: str
+    hidden_size: int
+    output_size: int
+    options: tuple = ()
+    linear: Callable[..., tuple[Array, Array]] | None = None
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """Returns the value of the cell option ``key``."""
+        return dict(self.options).get(key, default)
+
+
+def make_cell(
+    *,
+    name: str,
+    init: Callable[..., Params],
+    initial_carry: Callable[..., Carry],
+    input_projection: Callable[..., Array],
+    hidden_projection: Callable[..., Any],
+    gates: Callable[..., tuple[Carry, Array]],
+    hidden_size: int,
+    output_size: int,
+    options: dict | None = None,
+    linear: Callable[..., tuple[Array, Array]] | None = None,
+) -> Cell:
+    """Builds a :class:`Cell` from its parts, deriving ``step`` and ``recurrence``."""
+
+    def recurrence(params, carry, xp):
+        return gates(params, carry, xp, hidden_projection(params, carry))
+
+    def step(params, carry, x):
+        return recurrence(params, carry, input_projection(params, x))
+
+    return Cell(
+        init=init,
+        step=step,
+        initial_carry=initial_carry,
+        input_projection=input_projection,
+        hidden_projection=hidden_projection,
+        gates=gates,
+        recurrence=recurrence,
+        name=name,
+        hidden_size=hidden_size,
+        output_size=output_size,
+        options=tuple(sorted((options or {}).items())),
+        linear=linear,
+    )
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Returns ``value`` as an int, or raises a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_dtype(value: Any, name: str) -> jnp.dtype:
+    """Returns ``value`` as a floating numpy dtype, or raises naming ``name``."""
+    try:
+        dt = jnp.dtype(value)
+    except TypeError as e:
+        raise TypeError(f"{name} must be a floating dtype, got {value!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{name} must be a floating dtype, got {dt}")
+    return dt
+
+
+def batch_tuple(batch_shape: BatchShape) -> tuple[int, ...]:
+    """Normalises ``batch_shape`` (an int or a sequence of ints) to a tuple."""
+    if isinstance(batch_shape, int | np.integer) and not isinstance(batch_shape, bool):
+        return (int(batch_shape),)
+    try:
+        shape = tuple(int(d) for d in batch_shape)
+    except TypeError as e:
+        raise TypeError(
+            f"batch_shape must be an int or a tuple of ints, got {batch_shape!r}"
+        ) from e
+    if any(d < 0 for d in shape):
+        raise ValueError(f"batch_shape must be non-negative, got {batch_shape!r}")
+    return shape
+
+
+def zeros_carry(batch_shape: BatchShape, size: int) -> Array:
+    """A float32 zero state of shape ``[*batch_shape, size]``."""
+    return jnp.zeros((*batch_tuple(batch_shape), size), jnp.float32)
+
+
+# ----------------------------------------------------------------------------- math helpers
+
+
+def row(v: Array, like: Array) -> Array:
+    """``v`` ``[n]`` as float32 ``[1, ..., 1, n]`` with the rank of ``like`` (explicit broadcast)."""
+    return v.astype(jnp.float32).reshape((1,) * (like.ndim - 1) + (-1,))
+
+
+def matmul(x: Array, w: Array, dtype: Any) -> Array:
+    """``x @ w`` with operands in ``dtype`` and float32 accumulation and result."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def is_tokens(x: Array) -> bool:
+    """Whether ``x`` holds integer tokens rather than float features."""
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer)
+
+
+def project(w: Array, b: Array | None, x: Array, dtype: Any) -> Array:
+    """The input projection ``x @ w + b`` for features, or a row gather for tokens.
+
+    Integer tokens mean one-hot vectors of depth ``w.shape[0]``: ``one_hot(x) @ w`` is computed
+    as ``take(w + b, x)`` (the bias folded into the table, one pass, no one-hot matmul). A token
+    outside ``[0, w.shape[0])`` gives NaN rather than a silent zero vector.
+
+    Args:
+      w: ``[i, g]`` input weights.
+      b: ``[g]`` bias or None.
+      x: ``[..., i]`` floats or ``[...]`` integer tokens.
+      dtype: compute dtype of the matmul operands.
+
+    Returns:
+      ``[..., g]`` float32.
+    """
+    if is_tokens(x):
+        table = w.astype(jnp.float32)
+        if b is not None:
+            table = table + row(b, table)
+        return jnp.take(table, x, axis=0, mode="fill", fill_value=jnp.nan)
+    out = matmul(x, w, dtype)
+    if b is not None:
+        out = out + row(b, out)
+    return out
+
+
+def split_key(key: Array, n: int) -> list[Array]:
+    """Splits a PRNG key into ``n`` keys (works for new-style and raw keys)."""
+    return list(jax.random.split(key, n))
+
+
+def lecun_normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+    """LeCun normal init (variance 1 / fan_in), fan_in = shape[0]."""
+    return jax.nn.initializers.lecun_normal()(key, shape, dtype)
+
+
+def orthogonal_blocks(key: Array, rows: int, cols: int, blocks: int, dtype: Any) -> Array:
+    """``[rows, blocks * cols]``: ``blocks`` independent orthogonal ``[rows, cols]`` matrices."""
+    keys = jax.random.split(key, blocks)
+    init = jax.nn.initializers.orthogonal()
+    return jnp.concatenate([init(k, (rows, cols), dtype) for k in keys], axis=-1)
+
+
+def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
+    """Uniform(-bound, bound) init."""
+    return jax.random.uniform(key, shape, dtype, -bound, bound)

@@ -1,0 +1,328 @@
+"""``jrnn.unroll``: run a cell over a sequence.
+
+This module owns everything between the user's arrays and a backend's time loop: argument
+checks (raised while tracing, before anything compiles), the layout change to time-major (once),
+the input projection of all steps (once, outside the loop), the mask built from ``lengths``,
+and the choice of backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn._src import backends as backends_lib
+from jrnn._src import cell as cell_lib
+from jrnn._src.backends import reference
+from jrnn._src.cell import Array, Cell
+
+
+def _describe(x: Any) -> str:
+    try:
+        return f"shape {tuple(x.shape)} and dtype {x.dtype}"
+    except AttributeError:
+        return f"{type(x).__name__}"
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def check_cell(cell: Any) -> Cell:
+    if not isinstance(cell, Cell):
+        raise TypeError(
+            f"cell must be a jrnn.Cell (e.g. jrnn.lstm(128)), got {type(cell).__name__}"
+        )
+    return cell
+
+
+def check_backend(backend: Any) -> str:
+    if backend not in backends_lib.BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {backends_lib.BACKEND_NAMES}, got {backend!r}")
+    return backend
+
+
+def input_size(params: Any) -> int:
+    """The input size a cell's params expect (rows of ``w_ih``)."""
+    w = getattr(params, "w_ih", None)
+    if w is None or getattr(w, "ndim", 0) < 2:
+        raise TypeError(
+            "params must be the parameter NamedTuple made by cell.init (with a field w_ih of "
+            f"shape [input_size, G]), got {type(params).__name__}"
+        )
+    return int(w.shape[-2])
+
+
+def check_inputs(params: Any, xs: Any, time_major: bool) -> tuple[Array, bool, tuple, int]:
+    """Validates ``xs``; returns (xs, is_tokens, batch_shape, num_steps)."""
+    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+        xs = jnp.asarray(xs)
+    if xs.dtype == jnp.bool_ or not (
+        jnp.issubdtype(xs.dtype, jnp.integer) or jnp.issubdtype(xs.dtype, jnp.floating)
+    ):
+        raise TypeError(
+            f"xs must be float features [batch, time, input_size] or integer tokens "
+            f"[batch, time], got {_describe(xs)}"
+        )
+    expected = input_size(params)
+    tokens = jnp.issubdtype(xs.dtype, jnp.integer)
+    if tokens:
+        if xs.ndim < 1:
+            raise ValueError(f"xs (tokens) must have shape [batch..., time], got {_describe(xs)}")
+        shape = xs.shape
+    else:
+        if xs.ndim < 2:
+            raise ValueError(
+                f"xs must have shape [batch..., time, input_size], got {_describe(xs)}"
+            )
+        if xs.shape[-1] != expected:
+            hint = ""
+            if xs.ndim == 2 or xs.shape[-1] != expected:
+                hint = " (if xs holds token ids, pass them with an integer dtype)"
+            raise ValueError(
+                f"xs has input_size {xs.shape[-1]} but params expect {expected}: xs must be "
+                f"[batch..., time, {expected}], got {_describe(xs)}{hint}"
+            )
+        shape = xs.shape[:-1]
+    if time_major:
+        num_steps, batch = shape[0], tuple(shape[1:])
+    else:
+        num_steps, batch = shape[-1], tuple(shape[:-1])
+    return xs, tokens, batch, int(num_steps)
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def check_lengths(lengths: Any, batch: tuple, num_steps: int) -> Array | None:
+    """Validates ``lengths`` (int ``[batch...]`` in ``[0, time]``)."""
+    if lengths is None:
+        return None
+    if not hasattr(lengths, "dtype"):
+        lengths = np.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer) or lengths.dtype == jnp.bool_:
+        raise TypeError(
+            f"lengths must be an integer array of shape {batch}, got {_describe(lengths)}"
+        )
+    if tuple(lengths.shape) != batch:
+        raise ValueError(
+            f"lengths must have the batch shape {batch} of xs, got {_describe(lengths)}"
+        )
+    values = _concrete(lengths)
+    if values is not None and values.size and (values.min() < 0 or values.max() > num_steps):
+        raise ValueError(
+            f"lengths must lie in [0, {num_steps}] (the time dimension of xs), got values in "
+            f"[{values.min()}, {values.max()}]"
+        )
+    return jnp.asarray(lengths)
+
+
+def check_resets(resets: Any, batch: tuple, num_steps: int, time_major: bool) -> Array | None:
+    """Validates ``resets`` (bool, the layout of token inputs)."""
+    if resets is None:
+        return None
+    if not hasattr(resets, "dtype"):
+        resets = np.asarray(resets)
+    expected = (num_steps, *batch) if time_major else (*batch, num_steps)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"resets must be a bool array of shape {expected}, got {_describe(resets)}")
+    if tuple(resets.shape) != expected:
+        raise ValueError(f"resets must have shape {expected}, got {_describe(resets)}")
+    resets = jnp.asarray(resets)
+    return resets if time_major else jnp.moveaxis(resets, -1, 0)
+
+
+def check_carry(cell: Cell, carry: Any, batch: tuple, name: str = "carry") -> Any:
+    """Validates a user carry against ``cell.initial_carry(batch)``; None gives zeros."""
+    expected = cell.initial_carry(batch)
+    if carry is None:
+        return expected
+    exp_def = jax.tree.structure(expected)
+    got_def = jax.tree.structure(carry)
+    if exp_def != got_def:
+        raise ValueError(
+            f"{name} must have the structure of cell.initial_carry({batch}) "
+            f"({exp_def}), got {got_def}"
+        )
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(carry), strict=True):
+        if tuple(g.shape) != tuple(e.shape):
+            raise ValueError(
+                f"{name} leaves must have shapes "
+                f"{[tuple(x.shape) for x in jax.tree.leaves(expected)]}, got "
+                f"{[tuple(x.shape) for x in jax.tree.leaves(carry)]}"
+            )
+        if not jnp.issubdtype(g.dtype, jnp.floating):
+            raise TypeError(f"{name} leaves must be float arrays, got dtype {g.dtype}")
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), carry)
+
+
+def make_mask(lengths: Array | None, num_steps: int) -> Array | None:
+    """``mask[t, b] = t < lengths[b]``, time-major; None without lengths."""
+    if lengths is None:
+        return None
+    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape((num_steps,) + (1,) * lengths.ndim)
+    return steps < lengths[None]
+
+
+def reverse_resets(resets: Array | None) -> Array | None:
+    """Resets for a reverse pass: a segment starting at t+1 means the carry restarts at t."""
+    if resets is None:
+        return None
+    return jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+
+
+def resolve_backend(backend: str, cell: Cell, **features) -> backends_lib.Backend:
+    """The backend to run; "auto" picks the platform's first supporting one."""
+    if backend == "auto":
+        order = backends_lib.AUTO_ORDER.get(_platform(), ("xla",))
+        for name in order:
+            if not backends_lib.available(name):
+                continue
+            b = backends_lib.get(name)
+            if b.supports(cell, **features) is None:
+                return b
+        return backends_lib.get("xla")
+    b = backends_lib.get(backend)
+    reason = b.supports(cell, **features)
+    if reason is not None:
+        raise NotImplementedError(f"backend={backend!r} does not support this call: {reason}")
+    return b
+
+
+def run_time_major(
+    cell: Cell,
+    params: Any,
+    xs_tm: Array,
+    carry0: Any,
+    *,
+    mask: Array | None,
+    resets: Array | None,
+    reverse: bool,
+    unroll: int,
+    backend: str,
+    return_carries: bool = False,
+):
+    """Core of ``unroll`` on validated, time-major raw inputs ``xs_tm`` ``[t, b..., i]``.
+
+    Layers call this directly (also under ``vmap`` over directions and ``scan`` over layers).
+    Returns ``(carry, ys [t, b..., o], carries or None)``.
+    """
+    if reverse:
+        resets = reverse_resets(resets)
+    if backend == "reference":
+        return reference.run_raw(
+            cell,
+            params,
+            xs_tm,
+            carry0,
+            mask=mask,
+            resets=resets,
+            reverse=reverse,
+            return_carries=return_carries,
+        )
+    features = dict(
+        tokens=cell_lib.is_tokens(jax.tree.leaves(xs_tm)[0]),
+        lengths=mask is not None,
+        resets=resets is not None,
+        reverse=reverse,
+        return_carries=return_carries,
+    )
+    impl = resolve_backend(backend, cell, **features)
+    xp = cell.input_projection(params, xs_tm)
+    return impl.run(
+        cell,
+        params,
+        xp,
+        carry0,
+        mask=mask,
+        resets=resets,
+        reverse=reverse,
+        unroll=unroll,
+        return_carries=return_carries,
+    )
+
+
+def unroll(
+    cell: Cell,
+    params: Any,
+    xs: Any,
+    carry: Any = None,
+    *,
+    lengths: Any = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int = 1,
+    backend: str = "auto",
+    resets: Any = None,
+    return_carries: bool = False,
+):
+    """Runs ``cell`` over the time axis of ``xs``.
+
+    Args:
+      cell: a :class:`jrnn.Cell`.
+      params: the cell's params (from ``cell.init``).
+      xs: float ``[b..., t, i]`` or integer tokens ``[b..., t]`` (one-hot of depth i, computed
+        as a row gather of the input weights). With ``time_major=True``: ``[t, b..., i]`` or
+        ``[t, b...]``.
+      carry: initial carry, the structure of ``cell.initial_carry(b)``; default zeros.
+      lengths: int ``[b...]`` in ``[0, t]``. At ``t >= lengths[b]`` outputs are exactly zero,
+        the carry is frozen (the final carry is the carry after the last valid step) and no
+        gradient flows from padding. Under ``jit`` with traced lengths, values outside
+        ``[0, t]`` act as clipped.
+      reverse: process each sequence's valid prefix from its last valid element to its first;
+        ``ys`` come back in the original time order.
+      time_major: whether the time axis comes first in ``xs``, ``resets`` and ``ys``.
+      unroll: scan unroll factor (backends that loop).
+      backend: ``"auto" | "reference" | "xla" | "fused" | "pallas" | "associative"``.
+      resets: bool, the layout of token inputs (``[b..., t]``); ``True`` at step t restarts the
+        carry from the initial ``carry`` before processing t (packed sequences).
+      return_carries: also return every step's carry (frozen at padding), laid out like ``ys``.
+
+    Returns:
+      ``(carry, ys)`` with ``ys`` ``[b..., t, o]`` (``[t, b..., o]`` if time-major), or
+      ``(carry, ys, carries)`` with ``return_carries=True``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.gru(8)
+      >>> params = cell.init(jax.random.key(0), 128)
+      >>> tokens = jnp.zeros((2, 5), jnp.int32)
+      >>> carry, ys = jrnn.unroll(cell, params, tokens, lengths=jnp.array([5, 3]))
+      >>> ys.shape, float(abs(ys[1, 3:]).max())
+      ((2, 5, 8), 0.0)
+    """
+    cell = check_cell(cell)
+    backend = check_backend(backend)
+    unroll_n = cell_lib.check_positive_int(unroll, "unroll")
+    xs, tokens, batch, num_steps = check_inputs(params, xs, time_major)
+    lengths = check_lengths(lengths, batch, num_steps)
+    resets = check_resets(resets, batch, num_steps, time_major)
+    carry0 = check_carry(cell, carry, batch)
+    if not time_major:
+        xs = jnp.moveaxis(xs, -1 if tokens else -2, 0)
+    carry_out, ys, carries = run_time_major(
+        cell,
+        params,
+        xs,
+        carry0,
+        mask=make_mask(lengths, num_steps),
+        resets=resets,
+        reverse=bool(reverse),
+        unroll=unroll_n,
+        backend=backend,
+        return_carries=bool(return_carries),
+    )
+    if not time_major:
+        ys = jnp.moveaxis(ys, 0, -2)
+        if carries is not None:
+            carries = jax.tree.map(lambda a: jnp.moveaxis(a, 0, len(batch)), carries)
+    if return_carries:
+        return carry_out, ys, carries
+    return carry_out, ys
