@@ -377,6 +377,10 @@ def test_lm_stream_errors():
         jd.lm_stream_batches(data, 4, 5, shard_index=2, shard_count=2)
     with pytest.raises(TypeError, match="batch_size must be an int"):
         jd.lm_stream_batches(data, 4.0, 5)
+    with pytest.raises(TypeError, match="data must be a numpy integer array"):
+        jd.lm_stream_batches(list(range(100)), 1, 5)
+    with pytest.raises(ValueError, match="1-D integer"):
+        jd.lm_stream_batches(np.zeros(100, np.float32), 1, 5)
     with pytest.raises(ValueError, match="1-D integer"):
         jd.lm_stream_batches(np.zeros((10, 10), np.uint8), 1, 2)
     with pytest.raises(ValueError, match="seed must be >= 0"):

@@ -164,7 +164,7 @@ def zeros_carry(batch_shape: BatchShape, size: int) -> Array:
 
 
 def row(v: Array, like: Array) -> Array:
-    """``v`` ``[n]`` as float32 ``[1, ..., 1, n]`` with the rank of ``like`` (explicit broadcast)."""
+    """``v`` ``[n]`` as float32 ``[1, ..., 1, n]``, the rank of ``like`` (explicit broadcast)."""
     return v.astype(jnp.float32).reshape((1,) * (like.ndim - 1) + (-1,))
 
 

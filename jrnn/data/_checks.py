@@ -55,8 +55,9 @@ def check_tokens_1d(name: str, data) -> np.ndarray:
     """Returns ``data`` as a 1-D integer numpy array (bytes/bytearray are accepted)."""
     if isinstance(data, bytes | bytearray | memoryview):
         data = np.frombuffer(bytes(data), dtype=np.uint8)
-    if not isinstance(data, np.ndarray):
+    if isinstance(data, str) or not (isinstance(data, np.ndarray) or hasattr(data, "__array__")):
         raise TypeError(f"{name} must be a numpy integer array, got {type(data).__name__}")
+    data = np.asarray(data)
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D integer array, got {data.dtype} {data.shape}")
     return data

@@ -63,7 +63,7 @@ def seed_rnn(
       (3, 13)
     """
     H = cell_lib.check_positive_int(hidden_size, "hidden_size")
-    O = H if output_size is None else cell_lib.check_positive_int(output_size, "output_size")
+    out_size = H if output_size is None else cell_lib.check_positive_int(output_size, "output_size")
     if init not in ("default", "lecture"):
         raise ValueError(f"init must be 'default' or 'lecture', got {init!r}")
     init_kind = init
@@ -74,19 +74,19 @@ def seed_rnn(
         input_size = cell_lib.check_positive_int(input_size, "input_size")
         k_ih, k_hh = jax.random.split(key)
         if init_kind == "lecture":
-            w_ih = cell_lib.uniform(k_ih, (input_size, O + H), 1.0, param_dtype)
-            w_hh = cell_lib.uniform(k_hh, (H, O + H), 1.0, param_dtype)
+            w_ih = cell_lib.uniform(k_ih, (input_size, out_size + H), 1.0, param_dtype)
+            w_hh = cell_lib.uniform(k_hh, (H, out_size + H), 1.0, param_dtype)
         else:
-            w_ih = cell_lib.lecun_normal(k_ih, (input_size, O + H), param_dtype)
+            w_ih = cell_lib.lecun_normal(k_ih, (input_size, out_size + H), param_dtype)
             k_u, k_v = jax.random.split(k_hh)
             w_hh = jnp.concatenate(
                 [
-                    cell_lib.lecun_normal(k_u, (H, O), param_dtype),
+                    cell_lib.lecun_normal(k_u, (H, out_size), param_dtype),
                     cell_lib.orthogonal_blocks(k_v, H, H, 1, param_dtype),
                 ],
                 axis=-1,
             )
-        return SeedRNNParams(w_ih=w_ih, w_hh=w_hh, b=jnp.zeros((O + H,), param_dtype))
+        return SeedRNNParams(w_ih=w_ih, w_hh=w_hh, b=jnp.zeros((out_size + H,), param_dtype))
 
     def initial_carry(batch_shape) -> Array:
         return cell_lib.zeros_carry(batch_shape, H)
@@ -100,8 +100,8 @@ def seed_rnn(
     def gates(params: SeedRNNParams, s: Array, xp: Array, hp: Array):
         del params, s
         z = xp + hp
-        y = jax.nn.relu(z[..., :O])
-        s_new = jnp.tanh(z[..., O:])
+        y = jax.nn.relu(z[..., :out_size])
+        s_new = jnp.tanh(z[..., out_size:])
         return s_new, y
 
     return cell_lib.make_cell(
@@ -112,7 +112,7 @@ def seed_rnn(
         hidden_projection=hidden_projection,
         gates=gates,
         hidden_size=H,
-        output_size=O,
+        output_size=out_size,
         options=dict(
             init=init_kind, dtype=jnp.dtype(dtype).name, param_dtype=jnp.dtype(param_dtype).name
         ),
