@@ -155,22 +155,27 @@ def batch_tuple(batch_shape: BatchShape) -> tuple[int, ...]:
     return shape
 
 
-def zeros_carry(batch_shape: BatchShape, size: int) -> Array:
-    """A float32 zero state of shape ``[*batch_shape, size]``."""
-    return jnp.zeros((*batch_tuple(batch_shape), size), jnp.float32)
+def acc_dtype(dtype: Any) -> jnp.dtype:
+    """Accumulation and carry dtype for a compute dtype: float32, or float64 for float64."""
+    return jnp.promote_types(jnp.float32, dtype)
+
+
+def zeros_carry(batch_shape: BatchShape, size: int, dtype: Any = jnp.float32) -> Array:
+    """A zero state of shape ``[*batch_shape, size]`` in the carry dtype of ``dtype``."""
+    return jnp.zeros((*batch_tuple(batch_shape), size), acc_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- math helpers
 
 
 def row(v: Array, like: Array) -> Array:
-    """``v`` ``[n]`` as float32 ``[1, ..., 1, n]``, the rank of ``like`` (explicit broadcast)."""
-    return v.astype(jnp.float32).reshape((1,) * (like.ndim - 1) + (-1,))
+    """``v`` ``[n]`` as ``[1, ..., 1, n]`` in ``like``'s rank and dtype (explicit broadcast)."""
+    return v.astype(like.dtype).reshape((1,) * (like.ndim - 1) + (-1,))
 
 
 def matmul(x: Array, w: Array, dtype: Any) -> Array:
-    """``x @ w`` with operands in ``dtype`` and float32 accumulation and result."""
-    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    """``x @ w`` with operands in ``dtype`` and float32 (float64) accumulation and result."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=acc_dtype(dtype))
 
 
 def is_tokens(x: Array) -> bool:
@@ -195,7 +200,7 @@ def project(w: Array, b: Array | None, x: Array, dtype: Any) -> Array:
       ``[..., g]`` float32.
     """
     if is_tokens(x):
-        table = w.astype(jnp.float32)
+        table = w.astype(acc_dtype(dtype))
         if b is not None:
             table = table + row(b, table)
         return jnp.take(table, x, axis=0, mode="fill", fill_value=jnp.nan)
@@ -212,16 +217,17 @@ def split_key(key: Array, n: int) -> list[Array]:
 
 def lecun_normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     """LeCun normal init (variance 1 / fan_in), fan_in = shape[0]."""
-    return jax.nn.initializers.lecun_normal()(key, shape, dtype)
+    return jax.nn.initializers.lecun_normal()(key, shape, jnp.float32).astype(dtype)
 
 
 def orthogonal_blocks(key: Array, rows: int, cols: int, blocks: int, dtype: Any) -> Array:
     """``[rows, blocks * cols]``: ``blocks`` independent orthogonal ``[rows, cols]`` matrices."""
     keys = jax.random.split(key, blocks)
     init = jax.nn.initializers.orthogonal()
-    return jnp.concatenate([init(k, (rows, cols), dtype) for k in keys], axis=-1)
+    blocks_ = [init(k, (rows, cols), jnp.float32) for k in keys]
+    return jnp.concatenate(blocks_, axis=-1).astype(dtype)
 
 
 def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype: Any) -> Array:
     """Uniform(-bound, bound) init."""
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)

@@ -71,10 +71,10 @@ def _check_rate(value: Any, name: str) -> float:
     return float(value)
 
 
-def _keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
+def _keep_mask(key: Array, rate: float, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
     """Inverted-dropout multiplier: 0 with probability ``rate``, else ``1 / (1 - rate)``."""
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
-    return keep.astype(jnp.float32) / (1.0 - rate)
+    return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
 
 def _regularised_cell(cell: Cell, recurrent_dropout: float, zoneout: float, training: bool) -> Cell:
@@ -125,7 +125,7 @@ def rnn(
     input_dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     zoneout: float = 0.0,
-    remat: bool = False,
+    remat: Any = False,
 ) -> Layer:
     """A multi-layer, optionally bidirectional, recurrent network of ``cell``.
 
@@ -143,8 +143,10 @@ def rnn(
         per sequence and layer).
       zoneout: probability of keeping each unit of the previous carry (Krueger et al. 2017); in
         evaluation the carry is the expectation ``p * old + (1 - p) * new``.
-      remat: rematerialise each layer in the backward pass (``jax.checkpoint``): saves the
-        activations of all but one layer at the cost of one more forward.
+      remat: the checkpointing policy of each layer: False/None/``"none"`` (keep everything),
+        True/``"layer"`` (``jax.checkpoint`` per layer: the backward pass recomputes one layer at a
+        time), an int k (keep the carry every k steps, recompute chunks of k steps) or
+        ``"sqrt"`` (k = ceil(sqrt(t))). The last two bound memory for very long sequences.
 
     Returns:
       A :class:`Layer`.
@@ -165,6 +167,8 @@ def rnn(
     input_dropout = _check_rate(input_dropout, "input_dropout")
     recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
     zoneout = _check_rate(zoneout, "zoneout")
+    layer_remat = remat is True or remat == "layer"
+    time_remat = None if layer_remat else unroll_lib.check_remat(remat)
     bidirectional = bool(bidirectional)
     dirs = 2 if bidirectional else 1
     out_size = cell.output_size * (2 if bidirectional and merge == "concat" else 1)
@@ -204,7 +208,10 @@ def rnn(
                 it = iter(ks)
                 state_mask = jax.tree.map(
                     lambda a: jnp.stack(
-                        [_keep_mask(next(it), recurrent_dropout, a.shape) for _ in range(dirs)]
+                        [
+                            _keep_mask(next(it), recurrent_dropout, a.shape, a.dtype)
+                            for _ in range(dirs)
+                        ]
                     ),
                     leaves,
                 )
@@ -228,6 +235,7 @@ def rnn(
                 reverse=False,
                 unroll=unroll,
                 backend=backend,
+                remat=time_remat,
             )
             return carry, ys
 
@@ -285,13 +293,13 @@ def rnn(
             if not training or not rate:
                 return x_tm
             shape = (1, *x_tm.shape[1:]) if variational else x_tm.shape
-            return x_tm * _keep_mask(k, rate, shape)
+            return x_tm * _keep_mask(k, rate, shape, x_tm.dtype)
 
         def layer(p, x_tm, c0, k_drop, k_layer, rate):
             x_tm = drop(x_tm, k_drop, rate)
             return run_layer(p, x_tm, c0, mask, resets, k_layer, backend, unroll, training, batch)
 
-        if remat:
+        if layer_remat:
             layer = jax.checkpoint(layer, static_argnums=(5,))
         k0 = (keys[0], keys[1]) if training else (None, None)
         c_first = tree.index(carries, 0)
@@ -345,4 +353,4 @@ def _check_carries(carries: Any, expected: Any) -> Any:
                 "([num_layers, (2,) batch..., size]), got "
                 f"{[tuple(a.shape) for a in jax.tree.leaves(carries)]}"
             )
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), carries)
+    return jax.tree.map(lambda a, e: jnp.asarray(a, e.dtype), carries, expected)

@@ -8,6 +8,7 @@ and the choice of backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -160,7 +161,7 @@ def check_carry(cell: Cell, carry: Any, batch: tuple, name: str = "carry") -> An
             )
         if not jnp.issubdtype(g.dtype, jnp.floating):
             raise TypeError(f"{name} leaves must be float arrays, got dtype {g.dtype}")
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), carry)
+    return jax.tree.map(lambda a, e: jnp.asarray(a, e.dtype), carry, expected)
 
 
 def make_mask(lengths: Array | None, num_steps: int) -> Array | None:
@@ -196,6 +197,63 @@ def resolve_backend(backend: str, cell: Cell, **features) -> backends_lib.Backen
     return b
 
 
+def check_remat(remat: Any) -> int | str | None:
+    """Validates a time-checkpointing policy: None/"none", an int k, or "sqrt"."""
+    if remat is None or remat == "none" or remat is False:
+        return None
+    if remat == "sqrt":
+        return "sqrt"
+    if isinstance(remat, int | np.integer) and not isinstance(remat, bool) and remat > 0:
+        return int(remat)
+    raise ValueError(f"remat must be None, 'none', 'sqrt' or a positive int k, got {remat!r}")
+
+
+def chunk_size(remat: int | str | None, num_steps: int) -> int | None:
+    """The number of steps per checkpointed chunk for a policy, or None (no chunking)."""
+    if remat is None:
+        return None
+    k = math.isqrt(max(num_steps - 1, 0)) + 1 if remat == "sqrt" else remat
+    return None if k >= num_steps else k
+
+
+def _run_chunked(run_chunk, xs_tm, carry0, mask, resets, reverse, k, return_carries):
+    """Runs ``run_chunk`` over time chunks of ``k`` steps under ``jax.checkpoint``.
+
+    The forward keeps one carry per chunk; the backward recomputes one chunk at a time, so
+    activation memory is O(t / k + k) steps instead of O(t). Steps padding t to a multiple of k
+    are masked (frozen carry, zero output) and sliced off.
+    """
+    steps = jax.tree.leaves(xs_tm)[0].shape[0]
+    n = -(-steps // k)
+    pad = n * k - steps
+    batch = jax.tree.leaves(carry0)[0].shape[:-1]
+    if pad:
+        if mask is None:
+            mask = jnp.ones((steps, *batch), bool)
+        pad_to = (
+            lambda a: jnp.concatenate(  # noqa: E731
+                [a, jnp.zeros((pad, *a.shape[1:]), a.dtype)], axis=0
+            )
+        )
+        xs_tm, mask = jax.tree.map(pad_to, xs_tm), pad_to(mask)
+        resets = None if resets is None else pad_to(resets)
+    split = lambda a: None if a is None else a.reshape(n, k, *a.shape[1:])  # noqa: E731
+
+    @jax.checkpoint
+    def body(carry, chunk):
+        x_c, m_c, r_c = chunk
+        carry, ys, carries = run_chunk(x_c, carry, m_c, r_c)
+        return carry, (ys, carries)
+
+    carry, (ys, carries) = jax.lax.scan(
+        body, carry0, (jax.tree.map(split, xs_tm), split(mask), split(resets)), reverse=reverse
+    )
+    merge = lambda a: a.reshape(n * k, *a.shape[2:])[:steps]  # noqa: E731
+    ys = merge(ys)
+    carries = jax.tree.map(merge, carries) if return_carries else None
+    return carry, ys, carries
+
+
 def run_time_major(
     cell: Cell,
     params: Any,
@@ -208,6 +266,7 @@ def run_time_major(
     unroll: int,
     backend: str,
     return_carries: bool = False,
+    remat: int | str | None = None,
 ):
     """Core of ``unroll`` on validated, time-major raw inputs ``xs_tm`` ``[t, b..., i]``.
 
@@ -216,6 +275,27 @@ def run_time_major(
     """
     if reverse:
         resets = reverse_resets(resets)
+    k = chunk_size(remat, jax.tree.leaves(xs_tm)[0].shape[0])
+    if k is not None:
+        if resets is not None:
+            raise NotImplementedError("remat (time checkpointing) with resets is not supported")
+
+        def run_chunk(x_c, c0, m_c, r_c):
+            del r_c
+            return run_time_major(
+                cell,
+                params,
+                x_c,
+                c0,
+                mask=m_c,
+                resets=None,
+                reverse=reverse,
+                unroll=unroll,
+                backend=backend,
+                return_carries=return_carries,
+            )
+
+        return _run_chunked(run_chunk, xs_tm, carry0, mask, None, reverse, k, return_carries)
     if backend == "reference":
         return reference.run_raw(
             cell,
@@ -262,6 +342,7 @@ def unroll(
     backend: str = "auto",
     resets: Any = None,
     return_carries: bool = False,
+    remat: Any = None,
 ):
     """Runs ``cell`` over the time axis of ``xs``.
 
@@ -284,6 +365,9 @@ def unroll(
       resets: bool, the layout of token inputs (``[b..., t]``); ``True`` at step t restarts the
         carry from the initial ``carry`` before processing t (packed sequences).
       return_carries: also return every step's carry (frozen at padding), laid out like ``ys``.
+      remat: time checkpointing for long sequences: None (keep every step's residuals for the
+        backward pass), an int k (keep the carry every k steps and recompute each chunk of k in
+        the backward pass) or ``"sqrt"`` (k = ceil(sqrt(t))). Not combinable with ``resets``.
 
     Returns:
       ``(carry, ys)`` with ``ys`` ``[b..., t, o]`` (``[t, b..., o]`` if time-major), or
@@ -301,6 +385,7 @@ def unroll(
     cell = check_cell(cell)
     backend = check_backend(backend)
     unroll_n = cell_lib.check_positive_int(unroll, "unroll")
+    remat = check_remat(remat)
     xs, tokens, batch, num_steps = check_inputs(params, xs, time_major)
     lengths = check_lengths(lengths, batch, num_steps)
     resets = check_resets(resets, batch, num_steps, time_major)
@@ -318,6 +403,7 @@ def unroll(
         unroll=unroll_n,
         backend=backend,
         return_carries=bool(return_carries),
+        remat=remat,
     )
     if not time_major:
         ys = jnp.moveaxis(ys, 0, -2)

@@ -76,7 +76,7 @@ def gru(
         )
 
     def initial_carry(batch_shape) -> Array:
-        return cell_lib.zeros_carry(batch_shape, H)
+        return cell_lib.zeros_carry(batch_shape, H, dtype)
 
     def input_projection(params: GRUParams, x: Array) -> Array:
         return cell_lib.project(params.w_ih, params.b_ih, x, dtype)

@@ -111,7 +111,9 @@ def lstm(
         )
 
     def initial_carry(batch_shape) -> tuple[Array, Array]:
-        return cell_lib.zeros_carry(batch_shape, P), cell_lib.zeros_carry(batch_shape, H)
+        return cell_lib.zeros_carry(batch_shape, P, dtype), cell_lib.zeros_carry(
+            batch_shape, H, dtype
+        )
 
     def input_projection(params: LSTMParams, x: Array) -> Array:
         # With layer norm the bias is added after normalisation, in `gates`.
@@ -125,7 +127,11 @@ def lstm(
         z = xp + hp
         if layer_norm:
             z4 = z.reshape(*z.shape[:-1], 4, H)
-            scale = params.ln_scale[:4].astype(jnp.float32).reshape((1,) * (z.ndim - 1) + (4, H))
+            scale = (
+                params.ln_scale[:4]
+                .astype(cell_lib.acc_dtype(dtype))
+                .reshape((1,) * (z.ndim - 1) + (4, H))
+            )
             z = _layer_norm(z4, scale).reshape(z.shape)
             z = z + cell_lib.row(params.b, z)
         zi, zf, zg, zo = jnp.split(z, 4, axis=-1)

@@ -89,7 +89,7 @@ def seed_rnn(
         return SeedRNNParams(w_ih=w_ih, w_hh=w_hh, b=jnp.zeros((out_size + H,), param_dtype))
 
     def initial_carry(batch_shape) -> Array:
-        return cell_lib.zeros_carry(batch_shape, H)
+        return cell_lib.zeros_carry(batch_shape, H, dtype)
 
     def input_projection(params: SeedRNNParams, x: Array) -> Array:
         return cell_lib.project(params.w_ih, params.b, x, dtype)
