@@ -94,6 +94,9 @@ def _regularised_cell(cell: Cell, recurrent_dropout: float, zoneout: float, trai
         xp_t, (state_mask, zone_u) = xp
         h_in = carry if state_mask is None else jax.tree.map(jnp.multiply, carry, state_mask)
         new, y = cell.gates(params, carry, xp_t, cell.hidden_projection(params, h_in))
+        # Cells whose output *is* their first state leaf (lstm, gru, elman, ...) return the very
+        # same array object; their output then follows the zoned-out state.
+        y_is_state = y is jax.tree.leaves(new)[0]
         if zoneout:
             if training:
                 new = jax.tree.map(
@@ -101,6 +104,8 @@ def _regularised_cell(cell: Cell, recurrent_dropout: float, zoneout: float, trai
                 )
             else:
                 new = jax.tree.map(lambda old, n: zoneout * old + (1.0 - zoneout) * n, carry, new)
+            if y_is_state:
+                y = jax.tree.leaves(new)[0]
         return new, y
 
     def step(params, carry, x):
