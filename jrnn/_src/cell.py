@@ -157,7 +157,8 @@ def batch_tuple(batch_shape: BatchShape) -> tuple[int, ...]:
 
 def acc_dtype(dtype: Any) -> jnp.dtype:
     """Accumulation and carry dtype for a compute dtype: float32, or float64 for float64."""
-    return jnp.promote_types(jnp.float32, dtype)
+    # Not jnp.promote_types: it raises for bfloat16 under strict dtype promotion.
+    return jnp.dtype(jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32)
 
 
 def zeros_carry(batch_shape: BatchShape, size: int, dtype: Any = jnp.float32) -> Array:
