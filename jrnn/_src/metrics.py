@@ -1,0 +1,218 @@
+"""Training metrics: a JSONL log, a terminal progress bar and PNG learning curves.
+
+``metrics.jsonl`` holds one JSON object per line. Training rows (every ``log_every`` steps)::
+
+    {"kind": "train", "step": 200, "loss": 1.83, "lr": 0.002, "grad_norm": 0.41,
+     "examples_per_s": 512.0, "tokens_per_s": 65536.0, "time": 12.3, ...loss_fn metrics}
+
+Evaluation rows (every ``eval_every`` steps and at the end)::
+
+    {"kind": "eval", "step": 200, "eval_loss": 1.91, "eval_accuracy": 0.62, "time": 12.9}
+
+``step`` counts completed optimizer steps; ``time`` is seconds since the run (re)started;
+train metrics are means over the steps since the previous row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_writer() -> bool:
+    """True on the process that writes logs, plots and checkpoints (process 0)."""
+    return jax.process_index() == 0
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    if math.isfinite(value):
+        return value
+    return str(value)  # "nan" / "inf": JSON has no literal for them
+
+
+class JsonlLogger:
+    """Appends rows to a JSONL file (process 0 only; a no-op elsewhere or without a path)."""
+
+    def __init__(self, path: str | os.PathLike | None, *, truncate_after: int | None = None):
+        self.path = os.fspath(path) if path is not None and is_writer() else None
+        if self.path is None:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        if truncate_after is not None and os.path.exists(self.path):
+            # Resuming: drop rows logged after the checkpoint we resume from.
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= truncate_after]
+            with open(self.path, "w") as f:
+                for row in kept:
+                    f.write(json.dumps(row) + "\n")
+        elif truncate_after is None and os.path.exists(self.path):
+            os.remove(self.path)
+
+    def write(self, row: dict) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file (blank or truncated trailing lines are skipped)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+class ProgressBar:
+    """A rich progress bar showing step, loss and throughput; silent when disabled."""
+
+    def __init__(self, total: int, start: int = 0, *, enabled: bool = True):
+        self.enabled = bool(enabled and is_writer() and sys.stdout.isatty())
+        self._progress = None
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._task = self._progress.add_task("train", total=total, completed=start, info="")
+        self._progress.start()
+
+    def update(self, step: int, info: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def format_info(row: dict) -> str:
+    """The progress bar's text for a training row."""
+    parts = [f"loss {row['loss']:.4f}"] if "loss" in row else []
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    elif "examples_per_s" in row:
+        parts.append(f"{row['examples_per_s']:,.1f} ex/s")
+    return "  ".join(parts)
+
+
+def plot_curves(
+    jsonl_path: str | os.PathLike,
+    png_path: str | os.PathLike,
+    *,
+    keys: Iterable[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """Draws learning curves from a ``metrics.jsonl`` into a PNG.
+
+    One panel per metric, the training curve and the evaluation points on the same axes: the
+    loss, then every other evaluation metric (bookkeeping such as ``count`` left out), the
+    learning rate and the gradient norm.
+
+    Args:
+      jsonl_path: a file written by :func:`jrnn.train.fit`.
+      png_path: the PNG to write (directories are created).
+      keys: the metrics to draw (``"accuracy"`` draws ``accuracy`` and ``eval_accuracy``);
+        None for the default panels.
+      title: figure title.
+
+    Returns:
+      ``png_path`` as a string.
+
+    Raises:
+      ImportError: if matplotlib is not installed (``pip install 'jrnn[experiments]'``).
+      ValueError: if the file holds none of the metrics.
+
+    Example:
+      >>> from jrnn import train
+      >>> train.plot_curves("runs/lm/metrics.jsonl", "runs/lm/curves.png")  # doctest: +SKIP
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            "plot_curves needs matplotlib: pip install 'jrnn[experiments]' (or pip install "
+            "matplotlib)"
+        ) from e
+    rows = read_jsonl(jsonl_path)
+    train = [r for r in rows if r.get("kind", "train") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    if keys is None:
+        names = {k[len("eval_") :] for r in evals for k in r if k.startswith("eval_")}
+        keys = ["loss", *sorted(names - {"loss", *_BOOKKEEPING}), "lr", "grad_norm"]
+    keys = [k.removeprefix("eval_") for k in keys]
+    keys = [
+        k
+        for k in keys
+        if any(_number(r.get(k)) for r in train) or any(_number(r.get(f"eval_{k}")) for r in evals)
+    ]
+    if not keys:
+        raise ValueError(f"{os.fspath(jsonl_path)!r} holds no metric to plot")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for src, name, label, style in (
+            (train, key, "train", "-"),
+            (evals, f"eval_{key}", "eval", "o-"),
+        ):
+            pts = [(r["step"], r[name]) for r in src if _number(r.get(name))]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, label=label, markersize=3)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    png_path = os.fspath(png_path)
+    os.makedirs(os.path.dirname(png_path) or ".", exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+_BOOKKEEPING = ("count", "tokens", "examples_per_s", "tokens_per_s", "time")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

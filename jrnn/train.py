@@ -1,0 +1,64 @@
+"""Training for jrnn models: optimizer, jitted steps, ``fit``, sharding, checkpoints, metrics.
+
+Example::
+
+    from jrnn import train
+    cfg = train.TrainConfig(steps=1000, batch_size=32, learning_rate=2e-3)
+    result = train.fit(model, loss_fn, batches, cfg, workdir="runs/lm")
+
+See docs/training.md and docs/scaling.md.
+"""
+
+from jrnn._src.checkpoint import (
+    Restored,
+    latest_step,
+    list_steps,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from jrnn._src.fit import FitResult, fit
+from jrnn._src.metrics import plot_curves, read_jsonl
+from jrnn._src.sharding import (
+    describe_sharding,
+    initialize_distributed,
+    make_mesh,
+    process_rows,
+    shard_batch,
+    state_shardings,
+)
+from jrnn._src.train import (
+    TrainConfig,
+    TrainState,
+    eval_step,
+    evaluate,
+    init_state,
+    make_optimizer,
+    make_schedule,
+    train_step,
+)
+
+__all__ = [
+    "FitResult",
+    "Restored",
+    "TrainConfig",
+    "TrainState",
+    "describe_sharding",
+    "eval_step",
+    "evaluate",
+    "fit",
+    "init_state",
+    "initialize_distributed",
+    "latest_step",
+    "list_steps",
+    "make_mesh",
+    "make_optimizer",
+    "make_schedule",
+    "plot_curves",
+    "process_rows",
+    "read_jsonl",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "shard_batch",
+    "state_shardings",
+    "train_step",
+]
