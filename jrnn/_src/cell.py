@@ -22,6 +22,8 @@ g (gate width: 4h for the LSTM, 3h for the GRU).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -117,6 +119,37 @@ def make_cell(
         options=tuple(sorted((options or {}).items())),
         linear=linear,
     )
+
+
+def cached_factory(factory: Callable[..., Cell]) -> Callable[..., Cell]:
+    """Memoises a cell factory on its (hashable) arguments.
+
+    A cell is a NamedTuple of closures, so two calls with the same hyperparameters would
+    otherwise build unequal cells, and everything keyed on the cell (``jax.jit`` static
+    arguments, Flax NNX graph definitions, compiled train steps) would compile again.
+    Unhashable arguments skip the cache.
+    """
+    signature = inspect.signature(factory)
+
+    @functools.lru_cache(maxsize=256)
+    def cached(key):
+        return factory(**dict(key))
+
+    @functools.wraps(factory)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return factory(*args, **kwargs)  # let the factory raise its own error
+        bound.apply_defaults()
+        key = tuple(bound.arguments.items())
+        try:
+            hash(key)
+        except TypeError:
+            return factory(*args, **kwargs)
+        return cached(key)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- argument checks

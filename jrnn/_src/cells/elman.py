@@ -30,6 +30,7 @@ class ElmanParams(NamedTuple):
     b: Array
 
 
+@cell_lib.cached_factory
 def elman(
     hidden_size: int,
     *,

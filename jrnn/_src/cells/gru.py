@@ -36,6 +36,7 @@ class GRUParams(NamedTuple):
     b_hh: Array
 
 
+@cell_lib.cached_factory
 def gru(
     hidden_size: int,
     *,

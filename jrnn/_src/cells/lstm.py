@@ -54,6 +54,7 @@ def _layer_norm(x: Array, scale: Array, eps: float = 1e-5) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + eps) * scale
 
 
+@cell_lib.cached_factory
 def lstm(
     hidden_size: int,
     *,

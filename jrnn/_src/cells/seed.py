@@ -34,6 +34,7 @@ class SeedRNNParams(NamedTuple):
     b: Array
 
 
+@cell_lib.cached_factory
 def seed_rnn(
     hidden_size: int,
     output_size: int | None = None,
