@@ -1,0 +1,392 @@
+"""Pallas TPU (Mosaic) kernels: the whole time loop of a cell in one ``pallas_call``.
+
+Forward kernel, grid ``(batch blocks [parallel], time chunks [arbitrary])``::
+
+    W_hh [h, g]          one single-buffered VMEM block for every grid step: copied once
+    xp   [tc, bb, g]     chunk (tix(j), i): double-buffered by the Pallas pipeline
+    carry (bb, h)        an output block whose index does not change along the time axis: it
+                         stays in VMEM across chunks and carries the state between them
+    per step s of the chunk (a fori_loop):
+        hp = h @ W_hh [+ b_hh]                 MXU, operands in the cell dtype, f32 accumulate
+        carry, y = cell.gates(carry, xp_s, hp) the cell's own equations
+        masked steps keep the carry and write y = 0; resets restart from carry0 first
+
+Backward kernel, same grid with time reversed: per step it reloads the saved carry entering
+the step, recomputes ``hp`` and the gates, takes ``jax.vjp`` of ``cell.gates`` (the equations
+are never restated here) and emits ``dxp`` (= ``dhp`` unless the cell is a GRU, which also
+emits ``dhp``), carrying ``dcarry`` across steps: ``dh_{t-1} = dh_direct + dhp @ W_hh^T``.
+
+Block shapes follow Mosaic's rule: the last two dims of every block are divisible by
+(8, 128) or equal to the array's. Batch blocks are the full batch (<= 128) or a multiple of 8;
+the hidden/gate dims are never split (``W_hh`` and ``h`` are whole in VMEM).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+MAX_BLOCK_BATCH = 128
+MAX_BLOCK_TIME = 16
+_F32 = jnp.float32
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def batch_block(b: int, requested: int | None = None) -> tuple[int, int]:
+    """``(block, padded batch)``: the whole batch if small, else a multiple of 8."""
+    if requested is not None:
+        return int(requested), _round_up(b, int(requested))
+    if b <= MAX_BLOCK_BATCH:
+        return b, b
+    for bb in range(MAX_BLOCK_BATCH, 7, -8):
+        if b % bb == 0:
+            return bb, b
+    return MAX_BLOCK_BATCH, _round_up(b, MAX_BLOCK_BATCH)
+
+
+def time_block(t: int, requested: int | None = None) -> tuple[int, int]:
+    """``(chunk, padded time)``: a divisor of t up to 16, or 16 with masked padding steps."""
+    if requested is not None:
+        return int(requested), _round_up(t, int(requested))
+    best = max(d for d in range(1, min(t, MAX_BLOCK_TIME) + 1) if t % d == 0)
+    if best >= 4 or t <= MAX_BLOCK_TIME:
+        return best, t
+    return MAX_BLOCK_TIME, _round_up(t, MAX_BLOCK_TIME)
+
+
+def pad(arrays, steps: int, batch: int, t_axis=0, b_axis=1):
+    """Zero-pads the time and batch axes of each array (None passes through)."""
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        widths = [(0, 0)] * a.ndim
+        if t_axis is not None:
+            widths[t_axis] = (0, steps - a.shape[t_axis])
+        widths[b_axis] = (0, batch - a.shape[b_axis])
+        out.append(jnp.pad(a, widths) if any(w[1] for w in widths) else a)
+    return out
+
+
+def pad_mask(maskf, steps: int, batch: int, t: int, b: int):
+    """The float mask padded in time with zeros (padding steps are no-ops); ones if None."""
+    if maskf is None:
+        if steps == t:
+            return None
+        maskf = jnp.ones((t, b, 1), _F32)
+    return pad([maskf], steps, batch)[0]
+
+
+def hidden(spec, h, w, bias):
+    """``h @ W_hh [+ b_hh]``, operands in the cell dtype, float32 accumulation."""
+    hp = jnp.dot(h.astype(spec.dtype), w, preferred_element_type=_F32)
+    return hp if bias is None else hp + bias
+
+
+def hidden_t(spec, dhp, w):
+    """``dhp @ W_hh^T`` (the transposed matmul, no transpose materialised)."""
+    return lax.dot_general(
+        dhp.astype(spec.dtype), w, (((1,), (1,)), ((), ())), preferred_element_type=_F32
+    )
+
+
+def _take(refs: list, n: int) -> list:
+    out = refs[:n]
+    del refs[:n]
+    return out
+
+
+def _forward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, emit):
+    nc = spec.num_carry
+    refs = list(refs)
+    w_ref, *rest = _take(refs, 2 if has_bias else 1)
+    b_ref = rest[0] if has_bias else None
+    (xp_ref,) = _take(refs, 1)
+    c0_refs = _take(refs, nc)
+    m_ref = _take(refs, 1)[0] if has_mask else None
+    r_ref = _take(refs, 1)[0] if has_reset else None
+    carry_refs = _take(refs, nc)
+    (ys_ref,) = _take(refs, 1)
+    cs_refs = _take(refs, nc) if emit else []
+
+    @pl.when(pl.program_id(1) == 0)
+    def _init():
+        for dst, src in zip(carry_refs, c0_refs, strict=True):
+            dst[...] = src[...]
+
+    def step(s, carry):
+        t = tc - 1 - s if reverse else s
+        if r_ref is not None:
+            r = r_ref[t] > 0
+            carry = tuple(jnp.where(r, c0[...], c) for c0, c in zip(c0_refs, carry, strict=True))
+        hp = hidden(spec, carry[0], w_ref[...], None if b_ref is None else b_ref[...])
+        new, y = spec.gates(carry, xp_ref[t], hp)
+        if m_ref is not None:
+            m = m_ref[t] > 0
+            new = tuple(jnp.where(m, n, c) for n, c in zip(new, carry, strict=True))
+            y = jnp.where(m, y, 0.0)
+        ys_ref[t] = y.astype(ys_ref.dtype)
+        for ref, n in zip(cs_refs, new if emit else (), strict=True):
+            ref[t] = n
+        return new
+
+    carry = lax.fori_loop(0, tc, step, tuple(r[...] for r in carry_refs))
+    for ref, c in zip(carry_refs, carry, strict=True):
+        ref[...] = c
+
+
+def _backward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, has_dcs):
+    nc = spec.num_carry
+    refs = list(refs)
+    w_ref, *rest = _take(refs, 2 if has_bias else 1)
+    b_ref = rest[0] if has_bias else None
+    (xp_ref,) = _take(refs, 1)
+    prev_refs = _take(refs, nc)
+    (dys_ref,) = _take(refs, 1)
+    dcs_refs = _take(refs, nc) if has_dcs else []
+    m_ref = _take(refs, 1)[0] if has_mask else None
+    r_ref = _take(refs, 1)[0] if has_reset else None
+    dT_refs = _take(refs, nc)
+    (dxp_ref,) = _take(refs, 1)
+    dhp_ref = None if spec.hp_is_xp else _take(refs, 1)[0]
+    dc_refs = _take(refs, nc)
+    acc_refs = _take(refs, nc) if has_reset else []
+
+    @pl.when(pl.program_id(1) == 0)
+    def _init():
+        for dst, src in zip(dc_refs, dT_refs, strict=True):
+            dst[...] = src[...]
+        for dst in acc_refs:
+            dst[...] = jnp.zeros(dst.shape, dst.dtype)
+
+    def step(s, state):
+        dcarry, acc = state
+        # Backward visits steps in the opposite order of the forward.
+        t = s if reverse else tc - 1 - s
+        dnew = dcarry
+        if has_dcs:
+            dnew = tuple(d + r[t] for d, r in zip(dcarry, dcs_refs, strict=True))
+        carry = tuple(r[t] for r in prev_refs)
+        hp = hidden(spec, carry[0], w_ref[...], None if b_ref is None else b_ref[...])
+        _, vjp = jax.vjp(spec.gates, carry, xp_ref[t], hp)
+        dc_in, dx, dh = vjp((dnew, dys_ref[t]))
+        dc_in = (dc_in[0] + hidden_t(spec, dh, w_ref[...]), *dc_in[1:])
+        if m_ref is not None:
+            m = m_ref[t] > 0
+            dc_in = tuple(jnp.where(m, a, b) for a, b in zip(dc_in, dnew, strict=True))
+            dx = jnp.where(m, dx, 0.0)
+            dh = jnp.where(m, dh, 0.0)
+        if r_ref is not None:
+            r = r_ref[t] > 0
+            acc = tuple(a + jnp.where(r, d, 0.0) for a, d in zip(acc, dc_in, strict=True))
+            dc_in = tuple(jnp.where(r, 0.0, d) for d in dc_in)
+        dxp_ref[t] = dx
+        if dhp_ref is not None:
+            dhp_ref[t] = dh
+        return dc_in, acc
+
+    state = (tuple(r[...] for r in dc_refs), tuple(r[...] for r in acc_refs))
+    dcarry, acc = lax.fori_loop(0, tc, step, state)
+    for ref, v in zip(dc_refs, dcarry, strict=True):
+        ref[...] = v
+    for ref, v in zip(acc_refs, acc, strict=True):
+        ref[...] = v
+
+
+def _compiler_params(vmem_bytes: int):
+    limit = None
+    if vmem_bytes > 12 * 2**20:
+        # 56 MiB: under the 64 MiB of VMEM of the smallest current TPU core (v7x).
+        limit = int(min(vmem_bytes * 1.25 + 4 * 2**20, 56 * 2**20))
+    return pltpu.CompilerParams(
+        dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=limit
+    )
+
+
+class _Layout:
+    """Block sizes, grid and BlockSpecs shared by the forward and backward kernels."""
+
+    def __init__(self, spec, steps, batch, *, block_batch, block_time, reverse):
+        self.bb, self.bp = batch_block(batch, block_batch)
+        self.tc, self.tp = time_block(steps, block_time)
+        self.nb, self.nt = self.bp // self.bb, self.tp // self.tc
+        nt = self.nt
+        self.tix = (lambda j: nt - 1 - j) if reverse else (lambda j: j)
+        self.spec = spec
+
+    def whole(self, shape):
+        # Same block at every grid step: one VMEM buffer, filled once.
+        return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape), pipeline_mode=pl.Buffered(1))
+
+    def row(self, width):
+        return pl.BlockSpec((self.bb, width), lambda i, j: (i, 0))
+
+    def chunk(self, width):
+        return pl.BlockSpec((self.tc, self.bb, width), lambda i, j: (self.tix(j), i, 0))
+
+    def vmem(self, w, widths):
+        per_chunk = sum(self.tc * self.bb * max(x, 128) * 4 for x in widths)
+        return w.size * w.dtype.itemsize + 2 * per_chunk
+
+
+def forward(
+    spec,
+    w,
+    bias,
+    xp,
+    carry0,
+    maskf,
+    resetf,
+    *,
+    reverse: bool,
+    emit_carries: bool,
+    interpret: Any = False,
+    block_batch: int | None = None,
+    block_time: int | None = None,
+):
+    """Forward kernel. Returns ``(carry tuple [b, h], ys [t, b, o], carries tuple or None)``."""
+    T, B, G = xp.shape
+    H, out, nc = spec.hidden, spec.output, spec.num_carry
+    lay = _Layout(spec, T, B, block_batch=block_batch, block_time=block_time, reverse=reverse)
+    maskf = pad_mask(maskf, lay.tp, lay.bp, T, B)
+    xp, resetf = pad([xp, resetf], lay.tp, lay.bp)
+    carry0 = pad(carry0, 0, lay.bp, t_axis=None, b_axis=0)
+    inputs, specs = [w], [lay.whole(w.shape)]
+    if bias is not None:
+        inputs.append(bias)
+        specs.append(lay.whole(bias.shape))
+    inputs.append(xp)
+    specs.append(lay.chunk(G))
+    inputs += list(carry0)
+    specs += [lay.row(H)] * nc
+    for extra in (maskf, resetf):
+        if extra is not None:
+            inputs.append(extra)
+            specs.append(lay.chunk(1))
+    out_shape = [jax.ShapeDtypeStruct((lay.bp, H), _F32)] * nc
+    out_specs = [lay.row(H)] * nc
+    out_shape.append(jax.ShapeDtypeStruct((lay.tp, lay.bp, out), _F32))
+    out_specs.append(lay.chunk(out))
+    if emit_carries:
+        out_shape += [jax.ShapeDtypeStruct((lay.tp, lay.bp, H), _F32)] * nc
+        out_specs += [lay.chunk(H)] * nc
+    kernel = functools.partial(
+        _forward_kernel,
+        spec=spec,
+        tc=lay.tc,
+        reverse=reverse,
+        has_bias=bias is not None,
+        has_mask=maskf is not None,
+        has_reset=resetf is not None,
+        emit=emit_carries,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(lay.nb, lay.nt),
+        in_specs=specs,
+        out_specs=out_specs,
+        compiler_params=_compiler_params(lay.vmem(w, [G, out, 1, 1] + [H] * nc * 2)),
+        interpret=interpret,
+        name=f"jrnn_{spec.name}_forward",
+    )(*inputs)
+    carry = tuple(c[:B] for c in outs[:nc])
+    ys = outs[nc][:T, :B]
+    carries = tuple(c[:T, :B] for c in outs[nc + 1 :]) if emit_carries else None
+    return carry, ys, carries
+
+
+def backward(
+    spec,
+    w,
+    bias,
+    xp,
+    prev,
+    maskf,
+    resetf,
+    dys,
+    dcarries,
+    dcarry,
+    *,
+    reverse: bool,
+    interpret: Any = False,
+    block_batch: int | None = None,
+    block_time: int | None = None,
+):
+    """Backward kernel. Returns ``(dxp [t, b, g], dhp [t, b, g] or None, dcarry0 tuple)``.
+
+    ``prev`` holds the carry entering every step (after resets), ``dys`` the output
+    cotangents, ``dcarries`` those of the returned carries (or None), ``dcarry`` that of the
+    final carry.
+    """
+    T, B, G = xp.shape
+    H, out, nc = spec.hidden, spec.output, spec.num_carry
+    # The backward walks time the other way round: its chunk order is the forward's reversed.
+    lay = _Layout(spec, T, B, block_batch=block_batch, block_time=block_time, reverse=not reverse)
+    maskf = pad_mask(maskf, lay.tp, lay.bp, T, B)
+    xp, resetf, dys = pad([xp, resetf, dys], lay.tp, lay.bp)
+    prev = pad(prev, lay.tp, lay.bp)
+    dcarries = None if dcarries is None else pad(dcarries, lay.tp, lay.bp)
+    dcarry = pad(dcarry, 0, lay.bp, t_axis=None, b_axis=0)
+    inputs, specs = [w], [lay.whole(w.shape)]
+    if bias is not None:
+        inputs.append(bias)
+        specs.append(lay.whole(bias.shape))
+    inputs += [xp, *prev, dys]
+    specs += [lay.chunk(G)] + [lay.chunk(H)] * nc + [lay.chunk(out)]
+    if dcarries is not None:
+        inputs += list(dcarries)
+        specs += [lay.chunk(H)] * nc
+    for extra in (maskf, resetf):
+        if extra is not None:
+            inputs.append(extra)
+            specs.append(lay.chunk(1))
+    inputs += list(dcarry)
+    specs += [lay.row(H)] * nc
+    out_shape = [jax.ShapeDtypeStruct((lay.tp, lay.bp, G), _F32)]
+    out_specs = [lay.chunk(G)]
+    if not spec.hp_is_xp:
+        out_shape.append(jax.ShapeDtypeStruct((lay.tp, lay.bp, G), _F32))
+        out_specs.append(lay.chunk(G))
+    n_acc = nc * (2 if resetf is not None else 1)
+    out_shape += [jax.ShapeDtypeStruct((lay.bp, H), _F32)] * n_acc
+    out_specs += [lay.row(H)] * n_acc
+    kernel = functools.partial(
+        _backward_kernel,
+        spec=spec,
+        tc=lay.tc,
+        reverse=reverse,
+        has_bias=bias is not None,
+        has_mask=maskf is not None,
+        has_reset=resetf is not None,
+        has_dcs=dcarries is not None,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(lay.nb, lay.nt),
+        in_specs=specs,
+        out_specs=out_specs,
+        compiler_params=_compiler_params(lay.vmem(w, [G, G, out, 1, 1] + [H] * nc * 2)),
+        interpret=interpret,
+        name=f"jrnn_{spec.name}_backward",
+    )(*inputs)
+    dxp = outs[0][:T, :B]
+    k = 1
+    dhp = None
+    if not spec.hp_is_xp:
+        dhp, k = outs[1][:T, :B], 2
+    dc0 = tuple(d[:B] for d in outs[k : k + nc])
+    if resetf is not None:
+        dc0 = tuple(d + a[:B] for d, a in zip(dc0, outs[k + nc :], strict=True))
+    return dxp, dhp, dc0
