@@ -5,9 +5,11 @@ several backends; ``rnn`` stacks them into multi-layer and bidirectional network
 ``import jrnn`` does not import flax: the NNX wrappers live in ``jrnn.flax``.
 """
 
+from jrnn import interop
 from jrnn._src.cell import Cell
 from jrnn._src.cells.elman import ElmanParams, elman
 from jrnn._src.cells.gru import GRUParams, gru
+from jrnn._src.cells.linear import MinGRUParams, MinLSTMParams, min_gru, min_lstm
 from jrnn._src.cells.lstm import LSTMParams, lstm
 from jrnn._src.cells.seed import SeedRNNParams, seed_rnn
 from jrnn._src.layers import Layer, RNNParams, rnn
@@ -21,11 +23,16 @@ __all__ = [
     "GRUParams",
     "Layer",
     "LSTMParams",
+    "MinGRUParams",
+    "MinLSTMParams",
     "RNNParams",
     "SeedRNNParams",
     "elman",
     "gru",
+    "interop",
     "lstm",
+    "min_gru",
+    "min_lstm",
     "rnn",
     "seed_rnn",
     "unroll",

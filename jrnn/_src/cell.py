@@ -53,8 +53,14 @@ class Cell(NamedTuple):
       hidden_size: size of the hidden state.
       output_size: size of ``y``.
       options: a tuple of ``(name, value)`` pairs describing the cell's options, hashable.
-      linear: for cells linear in the carry, ``linear(params, xp) -> (log_a, b)`` so that
-        ``h_t = exp(log_a_t) * h_{t-1} + b_t``; ``None`` for nonlinear cells.
+      linear: for cells linear in their carry, ``linear(params, xp) -> (log_a, b)``; ``None`` for
+        nonlinear cells. ``xp`` is ``input_projection(params, x)`` ``[..., g]`` (one step or all
+        steps at once, any leading dims); ``log_a`` and ``b`` are float32 ``[..., h]`` computed
+        from ``xp`` alone, such that ``recurrence(params, h, xp) == (h_new, h_new)`` with
+        ``h_new = exp(log_a) * h + b`` elementwise: the carry is one array ``h`` and the output
+        is the new carry. ``log_a <= 0`` is the log of the decay, kept in log space so that
+        saturated gates stay exact (``-inf`` forgets ``h`` entirely). ``backend="associative"``
+        runs such cells as a parallel scan over time.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn

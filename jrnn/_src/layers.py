@@ -116,6 +116,7 @@ def _regularised_cell(cell: Cell, recurrent_dropout: float, zoneout: float, trai
         input_projection=input_projection,
         recurrence=recurrence,
         name=f"{cell.name}+regularised",
+        linear=None,
     )
 
 
