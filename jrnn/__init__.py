@@ -12,10 +12,13 @@ from jrnn._src.cells.gru import GRUParams, gru
 from jrnn._src.cells.linear import MinGRUParams, MinLSTMParams, min_gru, min_lstm
 from jrnn._src.cells.lstm import LSTMParams, lstm
 from jrnn._src.cells.seed import SeedRNNParams, seed_rnn
+from jrnn._src.export import register as _register_export
 from jrnn._src.layers import Layer, RNNParams, rnn
 from jrnn._src.unroll import unroll
 
 __version__ = "0.1.0"
+
+_register_export()
 
 __all__ = [
     "Cell",

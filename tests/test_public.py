@@ -40,7 +40,9 @@ def test_docstring_examples_run():
         if not callable(obj) or id(obj) in seen:
             continue
         seen.add(id(obj))
-        for test in finder.find(obj, f"{mod_name}.{name}", globs={}):
+        home = sys.modules.get(getattr(obj, "__module__", ""), None)
+        globs = dict(vars(home)) if home is not None else {}
+        for test in finder.find(obj, f"{mod_name}.{name}", globs=globs):
             runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 10
@@ -51,3 +53,22 @@ def test_import_jrnn_does_not_import_flax():
     code = "import sys, jrnn; print('flax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_params_serialize_with_jax_export():
+    import jax
+    import jax.numpy as jnp
+
+    import jrnn
+
+    net = jrnn.rnn(jrnn.lstm(4), num_layers=2, bidirectional=True)
+    params = net.init(jax.random.key(0), 3)
+    xs = jnp.ones((2, 5, 3))
+
+    def f(p, x):
+        return net.apply(p, x)[0]
+
+    exp = jax.export.export(jax.jit(f))(params, xs)
+    restored = jax.export.deserialize(exp.serialize())
+    np_out = restored.call(params, xs)
+    assert float(jnp.abs(np_out - f(params, xs)).max()) == 0.0
