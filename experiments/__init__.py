@@ -1,0 +1,6 @@
+"""jrnn's experiments: the lecture's three task models, one package each.
+
+Each ``experiments/<task>/`` has ``config.py`` (presets ``smoke``, ``cpu``, ``full``) and
+``train.py`` (``train_and_evaluate(config, workdir)`` plus a thin ``main(argv)``). Run them from
+the repository root, e.g. ``python -m experiments.char_lm.train --config cpu --workdir runs/lm``.
+"""

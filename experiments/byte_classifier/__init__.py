@@ -1,0 +1,1 @@
+"""The byte_classifier experiment: see config.py and train.py."""

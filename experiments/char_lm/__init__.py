@@ -1,0 +1,1 @@
+"""The char_lm experiment: see config.py and train.py."""

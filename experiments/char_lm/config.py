@@ -1,0 +1,141 @@
+"""Character language model presets: ``smoke`` (seconds), ``cpu`` (<= 15 min on 2 cores), ``full``.
+
+``full`` is the lecture's many-to-many model: 3 LSTM layers of 512 over 128 one-hot bytes, 256
+characters per truncated-BPTT window — sized for a Colab TPU/GPU.
+
+Example:
+  >>> from experiments.char_lm.config import get_config
+  >>> get_config("full").hidden_size
+  512
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jrnn.train import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One char-LM experiment.
+
+    Attributes:
+      name: the preset's name.
+      cell: cell name (``"lstm"``, ``"gru"``, ...).
+      hidden_size: h.
+      num_layers: stacked layers.
+      dropout: dropout between layers and on the last outputs.
+      seq_len: t, the truncated-BPTT window (the carry is passed across windows).
+      eval_batch_size: rows of the held-out stream evaluated together.
+      eval_bytes: periodic evaluations read the first this many held-out bytes (None: all);
+        the final evaluation always reads the whole held-out split.
+      corpus: a text file or folder (None: Shakespeare, held-out plays).
+      max_train_bytes: use only the first this many training bytes (None: all).
+      max_seconds: wall-clock budget of training (None: ``train.steps`` only).
+      prompts: prompts of the samples printed at the end.
+      sample_length: characters per sample.
+      temperature: sampling temperature.
+      seed: model init seed (the data stream uses ``train.seed``).
+      train: optimizer and loop settings.
+    """
+
+    name: str
+    cell: str = "lstm"
+    hidden_size: int = 512
+    num_layers: int = 3
+    dropout: float = 0.0
+    seq_len: int = 256
+    eval_batch_size: int = 32
+    eval_bytes: int | None = None
+    corpus: str | None = None
+    max_train_bytes: int | None = None
+    max_seconds: float | None = None
+    prompts: tuple[str, ...] = ("ROMEO:", "KING HENRY:\n", "First Citizen:\n")
+    sample_length: int = 300
+    temperature: float = 0.8
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+    def replace(self, **changes) -> Config:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def smoke() -> Config:
+    """Seconds on a CPU: a tiny model on a little text (tests use it)."""
+    return Config(
+        name="smoke",
+        hidden_size=32,
+        num_layers=1,
+        seq_len=16,
+        eval_batch_size=8,
+        eval_bytes=4096,
+        max_train_bytes=20_000,
+        prompts=("ROMEO:",),
+        sample_length=40,
+        train=TrainConfig(
+            steps=60,
+            batch_size=16,
+            learning_rate=1e-2,
+            warmup_steps=5,
+            eval_every=30,
+            log_every=10,
+            checkpoint_every=0,
+            progress=False,
+        ),
+    )
+
+
+def cpu() -> Config:
+    """About 15 minutes on a busy 2-core CPU: 2 x LSTM-256, t = 64."""
+    return Config(
+        name="cpu",
+        hidden_size=256,
+        num_layers=2,
+        seq_len=64,
+        eval_batch_size=64,
+        eval_bytes=65_536,
+        max_seconds=780.0,
+        train=TrainConfig(
+            steps=450,
+            batch_size=32,
+            learning_rate=4e-3,
+            warmup_steps=30,
+            eval_every=100,
+            log_every=10,
+            checkpoint_every=100,
+        ),
+    )
+
+
+def full() -> Config:
+    """The lecture's size for a Colab TPU/GPU: 3 x LSTM-512, t = 256, batch 128."""
+    return Config(
+        name="full",
+        hidden_size=512,
+        num_layers=3,
+        dropout=0.2,
+        seq_len=256,
+        eval_batch_size=128,
+        eval_bytes=262_144,
+        train=TrainConfig(
+            steps=6000,
+            batch_size=128,
+            learning_rate=2e-3,
+            warmup_steps=500,
+            eval_every=1000,
+            log_every=50,
+            checkpoint_every=1000,
+        ),
+    )
+
+
+CONFIGS = {"smoke": smoke, "cpu": cpu, "full": full}
+
+
+def get_config(name: str) -> Config:
+    """The preset called ``name`` (``"smoke"``, ``"cpu"`` or ``"full"``)."""
+    if name not in CONFIGS:
+        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {name!r}")
+    return CONFIGS[name]()

@@ -1,0 +1,1 @@
+"""The sorter experiment: see config.py and train.py."""
