@@ -270,3 +270,24 @@ def test_two_processes_match_one_process(tmp_path):
     one = mh_common.Lin()
     train.restore_checkpoint(os.path.join(workdir, "checkpoints"), one)
     np.testing.assert_array_equal(np.asarray(one.w[...]), np.array(results[0]["w"], np.float32))
+
+
+def test_evaluate_fresh_model_on_8_devices_equals_1_device():
+    """evaluate places a fresh (single-device) model on the mesh, with carries split by batch."""
+    model = TinyLM(rngs=nnx.Rngs(3))
+    gen = batches()
+    data = [{k: v for k, v in next(gen).items() if k != "reset"} for _ in range(3)]
+    one = train.evaluate(
+        model, lm_loss, data, mesh=train.make_mesh(jax.devices()[:1]), init_carry=CELL.initial_carry
+    )
+    eight = train.evaluate(
+        model, lm_loss, data, mesh=train.make_mesh(), init_carry=CELL.initial_carry
+    )
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
+    # The reference: the plain model on one device, batch by batch.
+    losses, carry = [], CELL.initial_carry(16)
+    for b in data:  # the carry threads across batches, as in truncated BPTT
+        loss, (_, carry) = lm_loss(model, b, None, carry)
+        losses.append(float(loss))
+    ref = np.mean(losses)
+    np.testing.assert_allclose(one["loss"], ref, rtol=1e-5)

@@ -409,13 +409,26 @@ def evaluate(
     """
     mesh = shd.check_mesh(mesh)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # A fresh or restored model lives on one device: replicate it over the mesh (arrays already
+    # sharded over this mesh, e.g. FSDP params after fit, keep their sharding).
+    on_mesh = lambda x: (
+        x
+        if getattr(x, "sharding", None) is not None
+        and set(  # noqa: E731
+            x.sharding.device_set
+        )
+        == set(mesh.devices.flat)
+        else jax.device_put(x, shd.replicated(mesh))
+    )
+    params, rest = jax.tree.map(on_mesh, (params, rest))
+    place_carry = shd.carry_placer(init_carry, mesh)
     totals: dict[str, float] = {}
     total_w, carry = 0.0, None
     for i, raw in enumerate(batches):
         batch, reset = _pop_reset(raw)
         b = _global_batch_size(batch)
         if init_carry is not None and (i == 0 or reset):
-            carry = init_carry(b)
+            carry = place_carry(b)
         m, carry = eval_step(
             graphdef, params, rest, shd.shard_batch(batch, mesh), carry, loss_fn=loss_fn
         )
