@@ -1,0 +1,99 @@
+"""The benchmark harness: FLOP model, size parsing, and a tiny end-to-end run with JSON output."""
+
+import json
+
+import pytest
+
+from jrnn.bench import report, sizes
+from jrnn.bench.cli import main
+
+
+def test_flops_match_hand_computation():
+    # seed size, LSTM, tokens: layer 1 has no input matmul (row gather).
+    s = sizes.SIZES["seed"]
+    recurrent = 2 * 32 * 256 * 512 * 2048  # 2 b t h 4h
+    assert sizes.flops("lstm", s, "forward") == recurrent
+    head = 2 * 32 * 256 * 512 * 128
+    assert sizes.flops("lstm", s, "train") == 3 * (recurrent + head)
+    # 3 layers: layers 2 and 3 also multiply their [b t, h] input by W_ih [h, 4h].
+    s3 = sizes.SIZES["seed3"]
+    per_upper = 2 * 32 * 256 * (512 * 2048 + 512 * 2048)
+    assert sizes.flops("lstm", s3, "forward") == recurrent + 2 * per_upper
+    # Float inputs count the first input projection; GRU gate width 3h; min_gru none recurrent.
+    small = sizes.parse_size("h=4,t=3,b=2,v=5")
+    assert sizes.flops("gru", small, "forward", tokens=False) == 2 * 2 * 3 * (5 * 12 + 4 * 12)
+    assert sizes.flops("min_gru", small, "forward", tokens=False) == 2 * 2 * 3 * 5 * 8
+
+
+def test_parse_size_errors():
+    assert sizes.parse_size("small") == sizes.SIZES["small"]
+    s = sizes.parse_size("h=64,t=32,b=4,l=2")
+    assert (s.hidden, s.steps, s.batch, s.layers, s.vocab) == (64, 32, 4, 2, 128)
+    with pytest.raises(ValueError, match="size must be"):
+        sizes.parse_size("hidden=3")
+    with pytest.raises(ValueError, match="positive"):
+        sizes.parse_size("h=0")
+
+
+def test_targets_ratios():
+    rows = [
+        dict(impl="jrnn", label="jrnn:lstm/fused/u1", family="lstm", size="seed", mode="train",
+             dtype="float32", median_s=0.14),
+        dict(impl="jrnn", label="jrnn:lstm/xla/u1", family="lstm", size="seed", mode="train",
+             dtype="float32", median_s=0.20),
+        dict(impl="torch", label="torch:LSTM", family="lstm", size="seed", mode="train",
+             dtype="float32", median_s=0.25),
+    ]  # fmt: skip
+    got = report.targets(rows, {"layers": {"1": 1.0, "8": 1.2}, "steps": {"64": 1.0, "4096": 2.0}})
+    first = got[0]
+    assert first["jrnn"] == "jrnn:lstm/fused/u1" and first["ratio"] == pytest.approx(0.56)
+    assert first["ok"] is True
+    assert got[1]["ok"] is None  # flax not measured
+    by_name = {t["target"].split(" (")[0]: t for t in got}
+    assert by_name["compile time 8 layers / 1 layer"]["ratio"] == pytest.approx(1.2)
+    assert by_name["compile time flat in T"]["ok"] is False
+
+
+def test_tiny_run_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    main(
+        [
+            "--sizes", "h=8,t=4,b=2,v=16", "--cells", "lstm", "--backends", "fused",
+            "--modes", "train", "--reps", "2", "--warmup", "1", "--no-torch",
+            "--no-compile-sweep", "--no-plot", "--peak-n", "256", "--json", str(out),
+            "--markdown", str(md),
+        ]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    labels = {(r["label"], r["mode"]) for r in result["rows"]}
+    assert ("jrnn:lstm/fused/u1", "train") in labels
+    assert ("flax:OptimizedLSTMCell", "train") in labels
+    assert ("flax:LSTMCell", "train") in labels
+    for r in result["rows"]:
+        assert r["median_s"] > 0 and len(r["times_s"]) == 2
+        assert r["gflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
+        if r["impl"] == "jrnn":
+            assert r["compile_s"] > 0
+    lstm = [r for r in result["rows"] if r["family"] == "lstm" and r["mode"] == "train"]
+    best = min(r["median_s"] for r in lstm if r["impl"] == "flax")
+    for r in lstm:
+        assert r["ratio_to_best_peer"] == pytest.approx(r["median_s"] / best)
+    assert "other processes used" in result["load_note"]
+    assert result["env"]["peak_gflops"] > 0
+    assert "| target |" in md.read_text()
+    assert "jrnn:lstm/fused/u1" in capsys.readouterr().out
+
+
+def test_write_markdown_replaces_only_the_marked_block(tmp_path):
+    path = tmp_path / "doc.md"
+    path.write_text(
+        "intro `<!-- bench:begin -->`\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nnotes\n"
+    )
+    report.write_markdown(str(path), "new\n")
+    assert path.read_text() == (
+        "intro `<!-- bench:begin -->`\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\nnotes\n"
+    )
+    fresh = tmp_path / "fresh.md"
+    report.write_markdown(str(fresh), "all\n")
+    assert fresh.read_text() == "all\n"
