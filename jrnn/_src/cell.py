@@ -243,7 +243,12 @@ def project(w: Array, b: Array | None, x: Array, dtype: Any) -> Array:
         table = w.astype(acc_dtype(dtype))
         if b is not None:
             table = table + row(b, table)
-        return jnp.take(table, x, axis=0, mode="fill", fill_value=jnp.nan)
+        # Out-of-range tokens index an extra NaN row: the range check runs on the small int
+        # tensor, and the gather itself needs no select over the big [..., g] result.
+        vocab = table.shape[0]
+        table = jnp.concatenate([table, jnp.full((1, table.shape[1]), jnp.nan, table.dtype)])
+        idx = jnp.where((x >= 0) & (x < vocab), x, vocab)
+        return table.at[idx].get(mode="promise_in_bounds")
     out = matmul(x, w, dtype)
     if b is not None:
         out = out + row(b, out)
