@@ -254,3 +254,20 @@ def test_float64_finite_difference_gradients():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok") == 5
+
+
+def test_time_checkpointing_bounds_compiled_memory():
+    """At T = 4096 the chunked policies need far less temporary memory than the plain scan."""
+    cell = jrnn.lstm(32)
+    params = cell.init(jax.random.key(0), 16)
+    tokens = jax.ShapeDtypeStruct((4, 4096), jnp.int32)
+
+    def temp(remat):
+        def loss(p, x):
+            return jnp.sum(jrnn.unroll(cell, p, x, remat=remat)[1] ** 2)
+
+        compiled = jax.jit(jax.grad(loss)).lower(params, tokens).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    plain, sqrt, k = temp(None), temp("sqrt"), temp(256)
+    assert sqrt < plain / 3 and k < plain / 3, (plain, sqrt, k)
