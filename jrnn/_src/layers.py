@@ -287,7 +287,12 @@ def rnn(
         if carries is None:
             carries = expected
         else:
-            carries = _check_carries(carries, expected)
+            carries = unroll_lib.check_like(
+                carries,
+                expected,
+                "carries",
+                "initial_carries(batch): [num_layers, (2,) b..., size]",
+            )
         if tokens and input_dropout and key is not None:
             raise ValueError("input_dropout needs float inputs; got integer tokens for xs")
         training = key is not None
@@ -345,18 +350,3 @@ def _time_major_noise(noise, steps):
     if state_mask is not None:
         state_mask = jax.tree.map(lambda a: jnp.broadcast_to(a, (steps, *a.shape)), state_mask)
     return state_mask, zone_u
-
-
-def _check_carries(carries: Any, expected: Any) -> Any:
-    exp_def, got_def = jax.tree.structure(expected), jax.tree.structure(carries)
-    if exp_def != got_def:
-        raise ValueError(f"carries must have the structure {exp_def}, got {got_def}")
-    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(carries), strict=True):
-        if tuple(g.shape) != tuple(e.shape):
-            raise ValueError(
-                "carries leaves must have shapes "
-                f"{[tuple(a.shape) for a in jax.tree.leaves(expected)]} "
-                "([num_layers, (2,) batch..., size]), got "
-                f"{[tuple(a.shape) for a in jax.tree.leaves(carries)]}"
-            )
-    return jax.tree.map(lambda a, e: jnp.asarray(a, e.dtype), carries, expected)

@@ -140,28 +140,31 @@ def check_resets(resets: Any, batch: tuple, num_steps: int, time_major: bool) ->
     return resets if time_major else jnp.moveaxis(resets, -1, 0)
 
 
+def check_like(value: Any, expected: Any, name: str, what: str) -> Any:
+    """Validates a user pytree against ``expected`` (structure, shapes, float dtype).
+
+    Returns ``value`` cast to the expected dtypes; ``what`` describes ``expected`` in messages.
+    """
+    exp_def, got_def = jax.tree.structure(expected), jax.tree.structure(value)
+    if exp_def != got_def:
+        raise ValueError(f"{name} must have the structure of {what} ({exp_def}), got {got_def}")
+    shapes = lambda t: [tuple(x.shape) for x in jax.tree.leaves(t)]  # noqa: E731
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(value), strict=True):
+        if tuple(g.shape) != tuple(e.shape):
+            raise ValueError(
+                f"{name} leaves must have shapes {shapes(expected)} ({what}), got {shapes(value)}"
+            )
+        if not jnp.issubdtype(g.dtype, jnp.floating):
+            raise TypeError(f"{name} leaves must be float arrays, got dtype {g.dtype}")
+    return jax.tree.map(lambda a, e: jnp.asarray(a, e.dtype), value, expected)
+
+
 def check_carry(cell: Cell, carry: Any, batch: tuple, name: str = "carry") -> Any:
     """Validates a user carry against ``cell.initial_carry(batch)``; None gives zeros."""
     expected = cell.initial_carry(batch)
     if carry is None:
         return expected
-    exp_def = jax.tree.structure(expected)
-    got_def = jax.tree.structure(carry)
-    if exp_def != got_def:
-        raise ValueError(
-            f"{name} must have the structure of cell.initial_carry({batch}) "
-            f"({exp_def}), got {got_def}"
-        )
-    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(carry), strict=True):
-        if tuple(g.shape) != tuple(e.shape):
-            raise ValueError(
-                f"{name} leaves must have shapes "
-                f"{[tuple(x.shape) for x in jax.tree.leaves(expected)]}, got "
-                f"{[tuple(x.shape) for x in jax.tree.leaves(carry)]}"
-            )
-        if not jnp.issubdtype(g.dtype, jnp.floating):
-            raise TypeError(f"{name} leaves must be float arrays, got dtype {g.dtype}")
-    return jax.tree.map(lambda a, e: jnp.asarray(a, e.dtype), carry, expected)
+    return check_like(carry, expected, name, f"cell.initial_carry({batch})")
 
 
 def make_mask(lengths: Array | None, num_steps: int) -> Array | None:
