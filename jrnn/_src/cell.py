@@ -255,11 +255,6 @@ def project(w: Array, b: Array | None, x: Array, dtype: Any) -> Array:
     return out
 
 
-def split_key(key: Array, n: int) -> list[Array]:
-    """Splits a PRNG key into ``n`` keys (works for new-style and raw keys)."""
-    return list(jax.random.split(key, n))
-
-
 def lecun_normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     """LeCun normal init (variance 1 / fan_in), fan_in = shape[0]."""
     return jax.nn.initializers.lecun_normal()(key, shape, jnp.float32).astype(dtype)

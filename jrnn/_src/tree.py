@@ -24,11 +24,6 @@ def zeros_where_not(mask: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.where(m, y, jnp.zeros((), y.dtype))
 
 
-def moveaxis(tree: Any, src: int, dst: int) -> Any:
-    """``jnp.moveaxis`` on every leaf."""
-    return jax.tree.map(lambda a: jnp.moveaxis(a, src, dst), tree)
-
-
 def stack(trees: list) -> Any:
     """Stacks matching pytrees along a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)

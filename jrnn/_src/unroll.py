@@ -80,9 +80,7 @@ def check_inputs(params: Any, xs: Any, time_major: bool) -> tuple[Array, bool, t
                 f"xs must have shape [batch..., time, input_size], got {_describe(xs)}"
             )
         if xs.shape[-1] != expected:
-            hint = ""
-            if xs.ndim == 2 or xs.shape[-1] != expected:
-                hint = " (if xs holds token ids, pass them with an integer dtype)"
+            hint = " (if xs holds token ids, pass them with an integer dtype)"
             raise ValueError(
                 f"xs has input_size {xs.shape[-1]} but params expect {expected}: xs must be "
                 f"[batch..., time, {expected}], got {_describe(xs)}{hint}"
