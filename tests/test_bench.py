@@ -97,3 +97,53 @@ def test_write_markdown_replaces_only_the_marked_block(tmp_path):
     fresh = tmp_path / "fresh.md"
     report.write_markdown(str(fresh), "all\n")
     assert fresh.read_text() == "all\n"
+
+
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_chain_workload_matches_numpy_loop(mode):
+    import jax
+    import numpy as np
+
+    from jrnn.bench import workloads
+
+    size = sizes.parse_size("h=4,t=5,b=3")
+    fn, args = workloads.chain_workload(sizes.Workload("chain", "c", "lstm", "xla", 1, mode, size))
+    weight, c, *rest = (np.asarray(a, np.float64) for a in args)
+    for _ in range(size.steps):
+        c = np.tanh((c @ weight)[:, :4])
+    got = jax.jit(fn)(*args)
+    if mode == "train":
+        hs, dz = rest
+        assert hs.shape == (5 * 3, 4) and dz.shape == (5 * 3, 16)
+        d = np.tile(c, (1, 4))
+        for _ in range(size.steps):
+            d = np.tile(np.tanh(d @ weight.T), (1, 4))
+        np.testing.assert_allclose(np.asarray(got[1]), hs.T @ dz, rtol=1e-5, atol=1e-5)
+        c, got = d, got[0]
+    np.testing.assert_allclose(np.asarray(got), c, rtol=1e-5, atol=1e-6)
+
+
+def test_floor_analysis_budget_and_verdict():
+    from jrnn.bench import floor
+
+    size = sizes.parse_size("h=8,t=4,b=2")
+    ms = {
+        ("chain", "dot-chain", "train"): 0.6, ("jrnn", "lstm", "train"): 0.9,
+        ("torch", "CHAIN", "train"): 0.3, ("torch", "LSTM", "train"): 0.8,
+        ("chain", "dot-chain", "forward"): 0.2, ("jrnn", "lstm", "forward"): 0.3,
+        ("torch", "CHAIN", "forward"): 0.1, ("torch", "LSTM", "forward"): 0.25,
+    }  # fmt: skip
+    rows = []
+    for w in floor.workloads(size, with_torch=True):
+        secs = ms[w.impl, w.cell, w.mode] + (w.backend == "fused") * 0.05
+        rows.append(dict(impl=w.impl, cell=w.cell, label=w.label, mode=w.mode, median_s=secs))
+    got = floor.analyse(rows, size, peak=1.0)
+    train, fwd = got["targets"]
+    assert train["budget_ms"] == pytest.approx(0.7 * 800)
+    assert train["chain_over_budget"] == pytest.approx(600 / 560)
+    assert train["reachable_with_xla_dot"] is False
+    assert train["jrnn_outside_chain_ms"] == pytest.approx(300)
+    assert fwd["reachable_with_xla_dot"] is True and fwd["jrnn_ms"] == pytest.approx(300)
+    flops = floor.chain_flops(size, "train")
+    assert flops == 3 * (2 * 2 * 4 * 8 * 32)
+    assert got["chains"]["chain:xla train"]["gflops"] == pytest.approx(flops / 0.6 / 1e9)

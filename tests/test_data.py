@@ -507,6 +507,22 @@ def test_sort_batches_and_curriculum():
         jd.curriculum_length(-1, 1, 2, 3)
 
 
+def test_sort_batches_shards_partition_the_global_batch():
+    whole = jd.sort_batches(3, 6, 8, 10, min_length=2, start_step=1)
+    shards = [jd.sort_batches(3, 6, 8, 10, min_length=2, start_step=1, shard_index=i,
+                              shard_count=3) for i in range(3)]  # fmt: skip
+    for _ in range(2):
+        full = next(whole)
+        parts = [next(s) for s in shards]
+        for field in ("src", "target", "lengths"):
+            joined = np.concatenate([getattr(p, field) for p in parts])
+            np.testing.assert_array_equal(joined, getattr(full, field))
+    with pytest.raises(ValueError, match="divisible by shard_count=4"):
+        jd.sort_batches(0, 6, 8, 10, shard_count=4)
+    with pytest.raises(ValueError, match="shard_index must be < shard_count=2"):
+        jd.sort_batches(0, 6, 8, 10, shard_index=2, shard_count=2)
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -1,4 +1,5 @@
-"""Character language model presets: ``smoke`` (seconds), ``cpu`` (<= 15 min on 2 cores), ``full``.
+"""Character language model presets: ``smoke`` (seconds), ``cpu`` (<= 15 min on 2 cores), ``long``
+(about 75 min on one core), ``full``.
 
 ``full`` is the lecture's many-to-many model: 3 LSTM layers of 512 over 128 one-hot bytes, 256
 characters per truncated-BPTT window — sized for a Colab TPU/GPU.
@@ -109,6 +110,29 @@ def cpu() -> Config:
     )
 
 
+def long() -> Config:
+    """About 75 minutes on one quiet core: 2 x LSTM-512, t = 128 (1.3 epochs)."""
+    return Config(
+        name="long",
+        hidden_size=512,
+        num_layers=2,
+        dropout=0.1,
+        seq_len=128,
+        eval_batch_size=64,
+        eval_bytes=65_536,
+        max_seconds=4800.0,
+        train=TrainConfig(
+            steps=1500,
+            batch_size=32,
+            learning_rate=2e-3,
+            warmup_steps=100,
+            eval_every=250,
+            log_every=25,
+            checkpoint_every=250,
+        ),
+    )
+
+
 def full() -> Config:
     """The lecture's size for a Colab TPU/GPU: 3 x LSTM-512, t = 256, batch 128."""
     return Config(
@@ -131,7 +155,7 @@ def full() -> Config:
     )
 
 
-CONFIGS = {"smoke": smoke, "cpu": cpu, "full": full}
+CONFIGS = {"smoke": smoke, "cpu": cpu, "long": long, "full": full}
 
 
 def get_config(name: str) -> Config:

@@ -57,10 +57,10 @@ def length_schedule(config: config_lib.Config) -> int | Callable[[int], int]:
     )
 
 
-def _as_dict(batch: jd.SortBatch, rows: slice) -> dict[str, np.ndarray]:
-    out = {"src": batch.src[rows], "tgt": batch.target[rows]}
+def _as_dict(batch: jd.SortBatch) -> dict[str, np.ndarray]:
+    out = {"src": batch.src, "tgt": batch.target}
     if batch.lengths is not None:
-        out["lengths"] = batch.lengths[rows]
+        out["lengths"] = batch.lengths
     return out
 
 
@@ -69,20 +69,18 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless teacher-forcing batches ``{src, tgt[, lengths]}``; this host's rows only."""
     index, count = common.shard()
-    b = config.train.batch_size
-    if b % count:
-        raise ValueError(f"train.batch_size={b} is not divisible by the {count} processes")
-    rows = slice(index * (b // count), (index + 1) * (b // count))
     stream = jd.sort_batches(
         config.train.seed,
-        b,
+        config.train.batch_size,
         length_schedule(config),
         config.vocab_size,
         min_length=config.min_length,
         start_step=start_step,
+        shard_index=index,
+        shard_count=count,
     )
     for batch in stream:
-        yield _as_dict(batch, rows)
+        yield _as_dict(batch)
 
 
 def decode_accuracy(
@@ -113,7 +111,7 @@ def eval_batch(config: config_lib.Config) -> dict[str, np.ndarray]:
     b = jd.sort_batch(
         (config.train.seed + 1, 0), config.eval_examples, config.seq_len, config.vocab_size
     )
-    return _as_dict(b, slice(None))
+    return _as_dict(b)
 
 
 def train_and_evaluate(

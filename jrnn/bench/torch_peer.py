@@ -26,6 +26,8 @@ def _build(spec: dict):
 
     size = spec["size"]
     v, h, t, b, layers = (size[k] for k in ("vocab", "hidden", "steps", "batch", "layers"))
+    if spec["cell"] == "CHAIN":
+        return _chain(spec["mode"], h, t, b, spec["width"])
     rnn_cls = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}[spec["cell"]]
     torch.manual_seed(0)
     rnn = rnn_cls(v, h, num_layers=layers)
@@ -51,6 +53,33 @@ def _build(spec: dict):
         loss.backward()
         opt.step()
         return loss
+
+    return run
+
+
+def _chain(mode: str, h: int, t: int, b: int, g: int):
+    """The recurrent matmul chain alone (see ``jrnn.bench.workloads.chain_workload``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(h, g, generator=gen) * h**-0.5
+    weight_t = weight.t()  # a view, as the backward of torch.mm uses it
+    h0 = torch.randn(b, h, generator=gen)
+    hs = torch.randn(t * b, h, generator=gen)
+    dz = torch.randn(t * b, g, generator=gen)
+    reps = g // h
+
+    def run():
+        with torch.inference_mode():
+            c = h0
+            for _ in range(t):
+                c = torch.tanh(torch.mm(c, weight)[:, :h])
+            if mode == "train":
+                d = c.repeat(1, reps)
+                for _ in range(t):
+                    d = torch.tanh(torch.mm(d, weight_t)).repeat(1, reps)
+                c = (d, torch.mm(hs.t(), dz))
+        return c
 
     return run
 
@@ -100,7 +129,17 @@ class TorchPeer:
             stdout=subprocess.PIPE,
             text=True,
         )
-        specs = [{"cell": w.cell, "mode": w.mode, "size": w.size.__dict__ | {}} for w in workloads]
+        from jrnn.bench.sizes import gate_width  # parent side only: the child never imports JAX
+
+        specs = [
+            {
+                "cell": w.cell,
+                "mode": w.mode,
+                "size": w.size.__dict__ | {},
+                "width": gate_width(w.family, w.size.hidden)[1],
+            }
+            for w in workloads
+        ]
         self._send({"threads": threads, "warmup": warmup, "workloads": specs})
         reply = self._read()
         self.first = reply["ready"]

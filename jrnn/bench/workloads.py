@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 import jrnn
-from jrnn.bench.sizes import Size, Workload
+from jrnn.bench.sizes import Size, Workload, gate_width
 
 LEARNING_RATE = 1e-3
 
@@ -134,12 +134,57 @@ def flax_workload(w: Workload, key=None):
     return _train_step(loss_fn, params, x, y)
 
 
+def chain_workload(w: Workload):
+    """``(fn, args)`` of the recurrent matmul chain alone: the floor of a jrnn step on XLA.
+
+    ``forward``: ``t`` dependent ``[b, h] x [h, g]`` dots (``g`` = the cell's recurrent width),
+    each followed only by ``tanh`` of the first ``h`` columns (the next step's input): what every
+    RNN forward must do in sequence, with no gates, no input projection and no stored outputs.
+    ``train``: that chain, then the backward's chain of ``t`` dependent ``[b, g] x [g, h]`` dots
+    (``x W^T``), again with nothing else, and the weight gradient ``H^T dZ`` as the one
+    ``[h, t b] x [t b, g]`` dot it takes at best (of given ``H`` and ``dZ``).
+    :mod:`jrnn.bench.torch_peer` runs the same with ``torch.mm``.
+    """
+    size = w.size
+    g = gate_width(w.family, size.hidden)[1]
+    h = size.hidden
+    keys = jax.random.split(jax.random.key(0), 4)
+    weight = jax.random.normal(keys[0], (h, g), jnp.float32) * h**-0.5
+    h0 = jax.random.normal(keys[1], (size.batch, h), jnp.float32)
+
+    def forward(weight, h0):
+        def step(c, _):
+            return jnp.tanh((c @ weight)[:, :h]), None
+
+        return jax.lax.scan(step, h0, None, length=size.steps)[0]
+
+    if w.mode == "forward":
+        return forward, (weight, h0)
+
+    hs = jax.random.normal(keys[2], (size.steps * size.batch, h), jnp.float32)
+    dz = jax.random.normal(keys[3], (size.steps * size.batch, g), jnp.float32)
+
+    def train(weight, h0, hs, dz):
+        hT = forward(weight, h0)
+
+        def back(d, _):
+            dh = jnp.tanh(d @ weight.T)
+            return jnp.tile(dh, (1, g // h)), None
+
+        d0 = jax.lax.scan(back, jnp.tile(hT, (1, g // h)), None, length=size.steps)[0]
+        return d0, hs.T @ dz
+
+    return train, (weight, h0, hs, dz)
+
+
 def build(w: Workload):
     """``(fn, args)`` for a JAX workload."""
     if w.impl == "jrnn":
         return jrnn_workload(w)
     if w.impl == "flax":
         return flax_workload(w)
+    if w.impl == "chain":
+        return chain_workload(w)
     raise ValueError(f"not a JAX workload: {w.impl!r}")
 
 

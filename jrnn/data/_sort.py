@@ -108,11 +108,15 @@ def sort_batches(
     *,
     min_length: int | None = None,
     start_step: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> Iterator[SortBatch]:
     """Endless sort-task batches; batch ``i`` is ``sort_batch((seed, i), ...)``.
 
     Each batch depends only on ``(seed, step)``, so a resumed run (``start_step``) sees the
-    same data as an uninterrupted one.
+    same data as an uninterrupted one. In a multi-host job every host passes the same seed and
+    ``batch_size`` (the global batch) and its own ``shard_index``; host ``i`` receives rows
+    ``[i * b, (i + 1) * b)`` of each global batch, with ``b = batch_size // shard_count``.
 
     Args:
       seed: non-negative int.
@@ -123,9 +127,11 @@ def sort_batches(
       vocab_size: values are drawn from ``[0, vocab_size)``.
       min_length: as in :func:`sort_batch` (must be <= every length).
       start_step: index of the first batch.
+      shard_index: this host's shard, in ``[0, shard_count)``.
+      shard_count: number of shards the global batch is split into.
 
     Yields:
-      :class:`SortBatch` tuples.
+      :class:`SortBatch` tuples of ``batch_size // shard_count`` rows.
 
     Examples:
       >>> batches = sort_batches(0, batch_size=2, length=lambda s: 4 + s, vocab_size=10)
@@ -136,19 +142,22 @@ def sort_batches(
     start_step = _checks.check_int("start_step", start_step, minimum=0)
     batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
     vocab_size = _checks.check_int("vocab_size", vocab_size, minimum=1)
+    first, rows = _checks.check_shard(batch_size, shard_index, shard_count)
     if not callable(length):
         length = _checks.check_int("length", length, minimum=1)
         sort_batch(0, 1, length, vocab_size, min_length=min_length)  # validates min_length now
     elif min_length is not None:
         _checks.check_int("min_length", min_length, minimum=1)
-    return _sort_stream(seed, batch_size, length, vocab_size, min_length, start_step)
+    rows = slice(first, first + rows)
+    return _sort_stream(seed, batch_size, length, vocab_size, min_length, start_step, rows)
 
 
-def _sort_stream(seed, batch_size, length, vocab_size, min_length, start_step):
+def _sort_stream(seed, batch_size, length, vocab_size, min_length, start_step, rows):
     step = start_step
     while True:
         size = length(step) if callable(length) else length
-        yield sort_batch((seed, step), batch_size, size, vocab_size, min_length=min_length)
+        b = sort_batch((seed, step), batch_size, size, vocab_size, min_length=min_length)
+        yield SortBatch(b.src[rows], b.target[rows], None if b.lengths is None else b.lengths[rows])
         step += 1
 
 

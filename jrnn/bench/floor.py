@@ -1,0 +1,150 @@
+"""How fast can the recurrent matmul chain alone run here: the floor under every RNN step.
+
+``python -m jrnn.bench.floor`` times, interleaved in one run (torch in its own process):
+
+- ``chain:xla`` — the ``t`` dependent ``[b, h] x [h, 4h]`` dots of an LSTM forward, compiled by
+  XLA in a ``lax.scan`` with nothing but a ``tanh`` between them (no gates, no input projection,
+  no stored outputs); in ``train`` mode followed by the backward's ``t`` dependent
+  ``[b, 4h] x [4h, h]`` dots and the weight gradient as one ``[h, t b] x [t b, 4h]`` dot. Any
+  JAX LSTM step on this backend does at least this.
+- ``chain:torch`` — the same with ``torch.mm`` (oneDNN/MKL).
+- the full ``jrnn.lstm`` steps and ``torch.nn.LSTM`` (as in ``python -m jrnn.bench``).
+
+It then reports what bounds the speed targets: if the XLA chain alone takes longer than a target
+allows (e.g. 0.70 x torch.nn.LSTM's train step), no change to jrnn's cell, scan or backward can
+meet that target with XLA's CPU dot; what is left is the matmul library, not the RNN code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from jrnn.bench import cli, report, sizes, timing, torch_peer
+from jrnn.bench.sizes import Workload
+
+# (target name, jrnn-side mode, limit as a fraction of torch.nn.LSTM's time in that mode)
+TARGETS = (("LSTM train step <= 0.70 x torch.nn.LSTM", "train", 0.70),)
+TARGETS += (("LSTM forward <= 1.00 x torch.nn.LSTM", "forward", 1.00),)
+
+
+def chain_flops(size: sizes.Size, mode: str) -> float:
+    """FLOPs of the chain workload: ``t`` ``[b,h]x[h,4h]`` dots; train: 3 times that (the
+    backward chain and the weight gradient)."""
+    one = 2.0 * size.batch * size.steps * size.hidden * 4 * size.hidden
+    return one * (3.0 if mode == "train" else 1.0)
+
+
+def workloads(size: sizes.Size, with_torch: bool) -> list[Workload]:
+    out = []
+    for mode in sizes.MODES:
+        out.append(Workload("chain", "dot-chain", "lstm", "xla", 1, mode, size))
+        out.append(Workload("jrnn", "lstm", "lstm", "xla", 1, mode, size))
+        out.append(Workload("jrnn", "lstm", "lstm", "fused", 1, mode, size))
+        if with_torch:
+            out.append(Workload("torch", "CHAIN", "lstm", "", 1, mode, size))
+            out.append(Workload("torch", "LSTM", "lstm", "", 1, mode, size))
+    return out
+
+
+def _name(row: dict) -> str:
+    if row["impl"] == "chain":
+        return "chain:xla"
+    if row["impl"] == "torch" and row["cell"] == "CHAIN":
+        return "chain:torch"
+    return row["label"]
+
+
+def analyse(rows: list[dict], size: sizes.Size, peak: float) -> dict:
+    """Medians by (name, mode), the chain's rates, and each target against the XLA chain."""
+    med = {(_name(r), r["mode"]): r["median_s"] for r in rows}
+    out = {"medians_ms": {f"{n} {m}": 1e3 * s for (n, m), s in med.items()}, "chains": {}}
+    for name in ("chain:xla", "chain:torch"):
+        for mode in sizes.MODES:
+            if (name, mode) in med:
+                rate = chain_flops(size, mode) / med[name, mode] / 1e9
+                out["chains"][f"{name} {mode}"] = {
+                    "gflops": rate,
+                    "peak_pct": 100.0 * rate / peak,
+                }
+    verdicts = []
+    for target, mode, limit in TARGETS:
+        if ("torch:LSTM", mode) not in med:
+            continue
+        budget = limit * med["torch:LSTM", mode]
+        chain = med["chain:xla", mode]
+        best = min(med["jrnn:lstm/xla/u1", mode], med["jrnn:lstm/fused/u1", mode])
+        verdicts.append(
+            {
+                "target": target,
+                "budget_ms": 1e3 * budget,
+                "xla_chain_ms": 1e3 * chain,
+                "chain_over_budget": chain / budget,
+                "jrnn_ms": 1e3 * best,
+                "jrnn_outside_chain_ms": 1e3 * (best - chain),
+                "reachable_with_xla_dot": chain < budget,
+            }
+        )
+    out["targets"] = verdicts
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="seed", help="a size name or 'h=..,t=..,b=..' (1 layer)")
+    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-torch", dest="torch", action="store_false")
+    p.add_argument("--json", default=None, help="write the result here")
+    args = p.parse_args(argv)
+    size = sizes.parse_size(args.size)
+    if size.layers != 1:
+        raise ValueError(f"--size must have 1 layer (the chain is one layer's), got {args.size!r}")
+    threads = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    peak = timing.matmul_peak()
+    with_torch = args.torch and torch_peer.available()
+    rows, mon = cli.measure(workloads(size, with_torch), args.reps, args.warmup, threads)
+    peak = max(peak, timing.matmul_peak())
+    for r in rows:
+        if r["impl"] == "chain" or r["cell"] == "CHAIN":
+            r["flops"] = chain_flops(size, r["mode"])
+            r["gflops"] = r["flops"] / r["median_s"] / 1e9
+    cli.finish_rows(rows, peak)
+    result = analyse(rows, size, peak) | {
+        "size": size.name,
+        "peak_gflops": peak,
+        "load_note": mon.note(),
+        "total_s": time.perf_counter() - t0,
+    }
+    table = [
+        [
+            _name(r),
+            r["mode"],
+            f"{1e3 * r['median_s']:.1f}",
+            f"{r['gflops']:.1f}",
+            f"{r['peak_pct']:.1f}",
+        ]
+        for r in rows
+    ]
+    print(report.text_table(["implementation", "mode", "median ms", "GFLOP/s", "% peak"], table))
+    print(f"\nfloat32 matmul peak {peak:.0f} GFLOP/s; load: {result['load_note']}")
+    for v in result["targets"]:
+        print(
+            f"{v['target']}: budget {v['budget_ms']:.1f} ms; the XLA chain alone takes "
+            f"{v['xla_chain_ms']:.1f} ms ({v['chain_over_budget']:.2f} x the budget); jrnn "
+            f"{v['jrnn_ms']:.1f} ms, of which {v['jrnn_outside_chain_ms']:.1f} ms outside the chain"
+        )
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result | {"rows": rows}, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
