@@ -100,27 +100,31 @@ def test_write_markdown_replaces_only_the_marked_block(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["forward", "train"])
-def test_chain_workload_matches_numpy_loop(mode):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_chain_workload_matches_numpy_loop(mode, layers):
     import jax
     import numpy as np
 
     from jrnn.bench import workloads
 
-    size = sizes.parse_size("h=4,t=5,b=3")
+    size = sizes.parse_size(f"h=4,t=5,b=3,l={layers}")
     fn, args = workloads.chain_workload(sizes.Workload("chain", "c", "lstm", "xla", 1, mode, size))
-    weight, c, *rest = (np.asarray(a, np.float64) for a in args)
-    for _ in range(size.steps):
-        c = np.tanh((c @ weight)[:, :4])
+    weights, cs, *rest = (np.asarray(a, np.float64) for a in args)
     got = jax.jit(fn)(*args)
-    if mode == "train":
-        hs, dz = rest
-        assert hs.shape == (5 * 3, 4) and dz.shape == (5 * 3, 16)
-        d = np.tile(c, (1, 4))
+    assert weights.shape == (size.layers, 4, 16)
+    for layer, (weight, c) in enumerate(zip(weights, cs, strict=True)):
         for _ in range(size.steps):
-            d = np.tile(np.tanh(d @ weight.T), (1, 4))
-        np.testing.assert_allclose(np.asarray(got[1]), hs.T @ dz, rtol=1e-5, atol=1e-5)
-        c, got = d, got[0]
-    np.testing.assert_allclose(np.asarray(got), c, rtol=1e-5, atol=1e-6)
+            c = np.tanh((c @ weight)[:, :4])
+        out = got
+        if mode == "train":
+            hs, dz = (a[layer] for a in rest)
+            assert hs.shape == (5 * 3, 4) and dz.shape == (5 * 3, 16)
+            d = np.tile(c, (1, 4))
+            for _ in range(size.steps):
+                d = np.tile(np.tanh(d @ weight.T), (1, 4))
+            np.testing.assert_allclose(np.asarray(got[1][layer]), hs.T @ dz, rtol=1e-5, atol=1e-5)
+            c, out = d, got[0]
+        np.testing.assert_allclose(np.asarray(out[layer]), c, rtol=1e-5, atol=1e-6)
 
 
 def test_floor_analysis_budget_and_verdict():
@@ -135,10 +139,15 @@ def test_floor_analysis_budget_and_verdict():
     }  # fmt: skip
     rows = []
     for w in floor.workloads(size, with_torch=True):
-        secs = ms[w.impl, w.cell, w.mode] + (w.backend == "fused") * 0.05
-        rows.append(dict(impl=w.impl, cell=w.cell, label=w.label, mode=w.mode, median_s=secs))
+        secs = ms[w.impl, w.cell, w.mode] + (w.backend == "fused") * 0.05 + (w.size.layers - 1)
+        rows.append(dict(impl=w.impl, cell=w.cell, label=w.label, mode=w.mode, median_s=secs,
+                         size_fields=dict(w.size.__dict__)))  # fmt: skip
     got = floor.analyse(rows, size, peak=1.0)
-    train, fwd = got["targets"]
+    train, fwd, deep = got["targets"]
+    assert deep["budget_ms"] == pytest.approx(0.75 * 2800) and "jrnn_ms" not in deep
+    assert deep["xla_chain_ms"] == pytest.approx(3 * 600)
+    assert deep["reachable_with_xla_dot"] is True
+    assert deep["xla_batched_chain_ms"] == pytest.approx(2600)
     assert train["budget_ms"] == pytest.approx(0.7 * 800)
     assert train["chain_over_budget"] == pytest.approx(600 / 560)
     assert train["reachable_with_xla_dot"] is False

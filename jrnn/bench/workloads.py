@@ -144,35 +144,39 @@ def chain_workload(w: Workload):
     (``x W^T``), again with nothing else, and the weight gradient ``H^T dZ`` as the one
     ``[h, t b] x [t b, g]`` dot it takes at best (of given ``H`` and ``dZ``).
     :mod:`jrnn.bench.torch_peer` runs the same with ``torch.mm``.
+
+    With ``size.layers = L > 1`` the ``L`` layers' chains advance together, one batched
+    ``[L, b, h] x [L, h, g]`` dot per step (what a wavefront over layers would run).
     """
     size = w.size
     g = gate_width(w.family, size.hidden)[1]
-    h = size.hidden
+    h, n = size.hidden, size.layers
+    tb = size.steps * size.batch
     keys = jax.random.split(jax.random.key(0), 4)
-    weight = jax.random.normal(keys[0], (h, g), jnp.float32) * h**-0.5
-    h0 = jax.random.normal(keys[1], (size.batch, h), jnp.float32)
+    weight = jax.random.normal(keys[0], (n, h, g), jnp.float32) * h**-0.5
+    h0 = jax.random.normal(keys[1], (n, size.batch, h), jnp.float32)
 
     def forward(weight, h0):
         def step(c, _):
-            return jnp.tanh((c @ weight)[:, :h]), None
+            return jnp.tanh(jnp.einsum("lbh,lhg->lbg", c, weight)[..., :h]), None
 
         return jax.lax.scan(step, h0, None, length=size.steps)[0]
 
     if w.mode == "forward":
         return forward, (weight, h0)
 
-    hs = jax.random.normal(keys[2], (size.steps * size.batch, h), jnp.float32)
-    dz = jax.random.normal(keys[3], (size.steps * size.batch, g), jnp.float32)
+    hs = jax.random.normal(keys[2], (n, tb, h), jnp.float32)
+    dz = jax.random.normal(keys[3], (n, tb, g), jnp.float32)
 
     def train(weight, h0, hs, dz):
         hT = forward(weight, h0)
 
         def back(d, _):
-            dh = jnp.tanh(d @ weight.T)
-            return jnp.tile(dh, (1, g // h)), None
+            dh = jnp.tanh(jnp.einsum("lbg,lhg->lbh", d, weight))
+            return jnp.tile(dh, (1, 1, g // h)), None
 
-        d0 = jax.lax.scan(back, jnp.tile(hT, (1, g // h)), None, length=size.steps)[0]
-        return d0, hs.T @ dz
+        d0 = jax.lax.scan(back, jnp.tile(hT, (1, 1, g // h)), None, length=size.steps)[0]
+        return d0, jnp.einsum("lnh,lng->lhg", hs, dz)
 
     return train, (weight, h0, hs, dz)
 
