@@ -221,3 +221,20 @@ def test_docstring_examples_run():
         assert result.failed == 0, module.__name__
         attempted += result.attempted
     assert attempted >= 4
+
+
+def test_naive_bayes_baseline_matches_hand_computation():
+    from experiments.byte_classifier import baseline
+    from jrnn.data._classification import build_dataset
+
+    def dataset(texts, labels):
+        pieces = [np.frombuffer(t.encode(), np.uint8) for t in texts]
+        return build_dataset(pieces, labels, [str(i) for i in range(len(texts))], ["x", "y"], 16)
+
+    train = dataset(["A a b.", "b B c"], [0, 1])
+    # Add-one counts: class 0 (a 3, b 2, c 1)/6, class 1 (a 1, b 3, c 2)/6; equal priors.
+    # "b": 2/6 < 3/6 -> 1;  "a c": 3/6 * 1/6 > 1/6 * 2/6 -> 0;  "zz" (unseen): tie -> 0.
+    test = dataset(["b", "a c", "zz", "c c"], [1, 0, 1, 1])
+    acc, pred = baseline.naive_bayes(train, test)
+    assert pred.tolist() == [1, 0, 0, 1]
+    assert acc == 0.75

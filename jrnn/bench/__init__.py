@@ -15,6 +15,8 @@ Usage::
     python -m jrnn.bench --quick                      # about a minute
     python -m jrnn.bench --json out.json --markdown docs/benchmarks_run.md
     python -m jrnn.bench --sizes h=256,t=64,b=16 --cells lstm --backends xla fused --unroll 1 2
+    python -m jrnn.bench.floor     # the recurrent matmul chain alone vs torch: what bounds speed
+    python -m jrnn.bench.memory    # peak memory of a train step vs T per checkpointing policy
 
 Example:
     >>> from jrnn.bench import flops, parse_size
