@@ -47,6 +47,7 @@ def chain_flops(size: sizes.Size, mode: str) -> float:
 
 
 def workloads(size: sizes.Size, with_torch: bool) -> list[Workload]:
+    """The rows of one floor run at ``size`` (1 layer), timed together."""
     out = []
     for mode in sizes.MODES:
         out.append(Workload("chain", "dot-chain", "lstm", "xla", 1, mode, size))
