@@ -156,3 +156,22 @@ def test_floor_analysis_budget_and_verdict():
     flops = floor.chain_flops(size, "train")
     assert flops == 3 * (2 * 2 * 4 * 8 * 32)
     assert got["chains"]["chain:xla train"]["gflops"] == pytest.approx(flops / 0.6 / 1e9)
+
+
+def test_profile_thunk_totals_and_a_real_trace():
+    from jrnn.bench import profile
+
+    events = [
+        {"ph": "X", "name": "dot.8", "dur": 300.0},
+        {"ph": "X", "name": "dot.8", "dur": 100.0},
+        {"ph": "X", "name": "wrapped_add", "dur": 50.0},
+        {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000.0},  # the whole step: left out
+        {"ph": "B", "name": "fusion", "dur": 7.0},  # not a complete event
+        {"ph": "X", "name": "no duration"},
+    ]
+    assert profile.thunk_totals(events, reps=2) == [("dot.8", 0.2, 1), ("wrapped_add", 0.025, 0)]
+    # A tiny real trace: the time loop's recurrent dot runs once per step (t = 5).
+    w = sizes.Workload("jrnn", "lstm", "lstm", "xla", 1, "forward", sizes.parse_size("h=8,t=5,b=2"))
+    rows = profile.profile(w, reps=2, warmup=1)
+    assert rows and all(ms >= 0 for _, ms, _ in rows)
+    assert any(n == 5 for _, _, n in rows), rows
