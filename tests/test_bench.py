@@ -158,8 +158,8 @@ def test_floor_analysis_budget_and_verdict():
     assert got["chains"]["chain:xla train"]["gflops"] == pytest.approx(flops / 0.6 / 1e9)
 
 
-def test_profile_thunk_totals_and_a_real_trace():
-    from jrnn.bench import profile
+def test_thunk_totals_and_a_real_trace():
+    from jrnn.bench import thunks
 
     events = [
         {"ph": "X", "name": "dot.8", "dur": 300.0},
@@ -169,9 +169,22 @@ def test_profile_thunk_totals_and_a_real_trace():
         {"ph": "B", "name": "fusion", "dur": 7.0},  # not a complete event
         {"ph": "X", "name": "no duration"},
     ]
-    assert profile.thunk_totals(events, reps=2) == [("dot.8", 0.2, 1), ("wrapped_add", 0.025, 0)]
+    assert thunks.thunk_totals(events, reps=2) == [("dot.8", 0.2, 1), ("wrapped_add", 0.025, 0)]
     # A tiny real trace: the time loop's recurrent dot runs once per step (t = 5).
     w = sizes.Workload("jrnn", "lstm", "lstm", "xla", 1, "forward", sizes.parse_size("h=8,t=5,b=2"))
-    rows = profile.profile(w, reps=2, warmup=1)
+    rows = thunks.profile(w, reps=2, warmup=1)
     assert rows and all(ms >= 0 for _, ms, _ in rows)
     assert any(n == 5 for _, _, n in rows), rows
+
+
+def test_bench_modules_do_not_shadow_the_standard_library():
+    # The torch peer runs jrnn/bench/torch_peer.py by path, so jrnn/bench/ is first on its
+    # sys.path: a module there named like a stdlib one (profile.py, trace.py...) would replace
+    # the stdlib module inside torch.
+    import pathlib
+    import sys
+
+    import jrnn.bench
+
+    names = {p.stem for p in pathlib.Path(jrnn.bench.__file__).parent.glob("*.py")}
+    assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)

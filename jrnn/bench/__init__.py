@@ -17,7 +17,7 @@ Usage::
     python -m jrnn.bench --sizes h=256,t=64,b=16 --cells lstm --backends xla fused --unroll 1 2
     python -m jrnn.bench.floor     # the recurrent matmul chain alone vs torch: what bounds speed
     python -m jrnn.bench.memory    # peak memory of a train step vs T per checkpointing policy
-    python -m jrnn.bench.profile   # where one compiled step spends its time (XLA thunks)
+    python -m jrnn.bench.thunks    # where one compiled step spends its time (XLA thunks)
 
 Example:
     >>> from jrnn.bench import flops, parse_size

@@ -1,6 +1,6 @@
 """Where a compiled step spends its time: XLA:CPU thunks summed from a ``jax.profiler`` trace.
 
-``python -m jrnn.bench.profile --backend xla`` compiles one workload of the benchmark (default:
+``python -m jrnn.bench.thunks --backend xla`` compiles one workload of the benchmark (default:
 the seed-size LSTM train step), warms it up, records ``--reps`` calls with
 ``jax.profiler.trace(create_perfetto_trace=True)`` and prints, per thunk name (an XLA fusion, a
 dot, a copy...), the milliseconds per call of the step and how many times it ran per step — e.g.
