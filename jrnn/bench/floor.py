@@ -40,9 +40,11 @@ TARGETS = (
 
 
 def chain_flops(size: sizes.Size, mode: str) -> float:
-    """FLOPs of the chain workload: ``t`` ``[b,h]x[h,4h]`` dots per layer; train: 3 times that
-    (the backward chain and the weight gradient)."""
-    one = 2.0 * size.batch * size.steps * size.hidden * 4 * size.hidden * size.layers
+    """FLOPs of the (LSTM) chain workload: ``t`` ``[b,h]x[h,g]`` dots per layer, ``g`` the
+    recurrent width that ``workloads.chain_workload`` uses; train: 3 times that (the backward
+    chain and the weight gradient)."""
+    g = sizes.gate_width("lstm", size.hidden)[1]
+    one = 2.0 * size.batch * size.steps * size.hidden * g * size.layers
     return one * (3.0 if mode == "train" else 1.0)
 
 
