@@ -8,8 +8,12 @@ STAMP   := $(VENV)/.installed
 DATA    := $(VENV)/.data
 # Tests run on several virtual CPU devices only where a test asks for it (see tests/conftest.py).
 PYTEST_ARGS ?= -n 2 --dist loadfile
+# `make test` is the quick tier (~10 min on 2 cores); the longer tiers run after it in .ci/run.
+FAST    := not slow and not peers and not tpu
+# pytest exits 5 when a marker selects no test: not a failure for a tier.
+ALLOW_EMPTY := || [ $$? -eq 5 ]
 
-.PHONY: venv data demo test lint format bench bench-quick docs clean
+.PHONY: venv data demo test test-slow test-peers lint format bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -32,7 +36,16 @@ demo: $(DATA)
 test: $(DATA)
 	$(PYTHON) -m ruff check jrnn tests experiments
 	$(PYTHON) -m ruff format --check jrnn tests experiments
-	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+	$(PYTHON) -m pytest $(PYTEST_ARGS) -m "$(FAST)" tests
+
+# Longer end-to-end tests (kill tests, long sequences, property sweeps).
+test-slow: $(DATA)
+	$(PYTHON) -m pytest $(PYTEST_ARGS) -m "slow and not peers and not tpu" tests $(ALLOW_EMPTY)
+
+# Comparisons against PyTorch, run in their own process (the `peers` extra: the CPU build of torch).
+test-peers: $(DATA)
+	$(PIP) install -q -e ".[test,experiments,peers]"
+	$(PYTHON) -m pytest $(PYTEST_ARGS) -m peers tests $(ALLOW_EMPTY)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check jrnn tests experiments

@@ -234,6 +234,7 @@ def test_errors_name_the_problem():
         interop.to_torch(jrnn.gru(4).init(jax.random.key(0), 3), jrnn.lstm(4))
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="optional: torch absent")
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
