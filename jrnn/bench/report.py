@@ -1,4 +1,4 @@
-"""Benchmark output: the stdout table, the issue's target ratios, markdown and the PNG plot."""
+"""Benchmark output: the stdout table, the speed goals as ratios, markdown and the PNG plot."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def best_jrnn(rows: list[dict], family: str, size: str, mode: str) -> dict | Non
 
 
 def targets(rows: list[dict], compile_sweep: dict | None) -> list[dict]:
-    """The issue's targets as measured ratios (``ok`` None when a side was not measured)."""
+    """The speed goals as measured ratios (``ok`` None when a side was not measured)."""
     out = []
     for desc, family, size, mode, peer, limit in TARGETS:
         mine = best_jrnn(rows, family, size, mode)
@@ -166,7 +166,7 @@ def markdown(result: dict, png: str | None) -> str:
         f"float32 matmul peak measured in this run: {env['peak_gflops']:.0f} GFLOP/s.  ",
         f"Load: {result['load_note']}",
         "",
-        "### Targets (issue 4)",
+        "### Speed goals",
         "",
         md_table(TARGET_HEADER, target_rows(result["targets"])),
         "",

@@ -1,0 +1,1 @@
+"""jrnn internals; the public names are re-exported by jrnn, jrnn.train and jrnn.interop."""
