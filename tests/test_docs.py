@@ -162,3 +162,23 @@ def test_user_pages_carry_no_development_history():
         if _HISTORY.search(line)
     ]
     assert not hits, "\n".join(hits)
+
+
+def test_release_metadata_agrees():
+    """pyproject, jrnn.__version__, CITATION.cff and CHANGELOG.md name the same release."""
+    import tomllib
+
+    import jrnn
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = (ROOT / "CITATION.cff").read_text()
+    cff = dict(re.findall(r"^([\w-]+): \"?([^\"\n]*)\"?$", text, re.M))
+    assert cff["cff-version"] == "1.2.0"
+    assert {"message", "title", "authors"} <= set(re.findall(r"^([\w-]+):", text, re.M))
+    assert re.search(r"^authors:\n  - (name|family-names): \S", text, re.M)
+    assert project["version"] == jrnn.__version__ == cff["version"]
+    assert project["license"] == cff["license"] == "Apache-2.0"
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    released = re.findall(r"^## \[(\d[^\]]*)\] - (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert released[0] == (jrnn.__version__, cff["date-released"]), released
+    assert (ROOT / "jrnn" / "py.typed").exists()
