@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 CELL_NAMES = ("lstm", "gru", "elman", "seed_rnn", "min_gru", "min_lstm")
+"""The cell names ``make_cell`` accepts (each a factory in ``jrnn``)."""
 
 
 def _is_variable(x: Any) -> bool:

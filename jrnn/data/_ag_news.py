@@ -13,6 +13,7 @@ from jrnn.data._ascii import _ERROR_HANDLER, to_ascii
 from jrnn.data._classification import ClassificationDataset, build_dataset
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+"""AG News class names, in label order (CSV labels 1..4 become 0..3)."""
 
 # The crawl replaced '&' of an entity by a space: "Street&#39;s" -> "Street #39;s".
 _BROKEN_NUMERIC = re.compile(r"(?:^| )#(\d{1,7});")

