@@ -378,6 +378,7 @@ def train_lm(
         "final_loss": losses_seen[-1] if losses_seen else None,
         "heldout_nats_per_char": final["loss"],
         "heldout_bits_per_char": final["bits_per_char"],
+        "heldout_accuracy": final["accuracy"],
         "samples": samples,
     }
     if jax.process_index() == 0:
