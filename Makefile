@@ -55,6 +55,11 @@ format: $(STAMP)
 	$(PYTHON) -m ruff format jrnn tests experiments
 	$(PYTHON) -m ruff check --fix jrnn tests experiments
 
+# The jrnn wheel (dist/jrnn-<version>-py3-none-any.whl), e.g. to upload to the Colab notebook.
+.PHONY: wheel
+wheel: $(STAMP)
+	$(PIP) wheel -q --no-deps -w dist .
+
 bench: $(STAMP)
 	$(PYTHON) -m jrnn.bench
 
