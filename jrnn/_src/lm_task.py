@@ -384,7 +384,19 @@ def train_lm(
     if jax.process_index() == 0:
         _write_json(wd / "summary.json", summary)
         _write_text(wd / "samples.txt", ("\n" + "-" * 72 + "\n").join(samples) + "\n")
+        if cfg.plot and (wd / "metrics.jsonl").exists():
+            _redraw_curves(workdir)
     return summary
+
+
+def _redraw_curves(workdir: str) -> None:
+    # fit drew curves.png before the final full evaluation; draw it again with that marked.
+    from jrnn._src.plots import plot_curves
+
+    try:
+        plot_curves(f"{workdir}/metrics.jsonl", f"{workdir}/curves.png", title="char LM")
+    except ImportError:
+        pass  # fit already warned that matplotlib is missing
 
 
 def load_lm(workdir: str, step: int | None = None) -> Any:
