@@ -6,6 +6,7 @@ The commands run in their own processes (``python -m jrnn``), the way a user run
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ from test_experiments import write_text_fixture
 
 from experiments.char_lm import config as lm_config
 from jrnn import cli
+from jrnn._src import lm_task
 from jrnn.train import read_jsonl
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -122,3 +124,12 @@ def test_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "w" / "checkpoints").exists()
     with pytest.raises(ValueError, match="preset must be one of"):
         cli.get_preset("huge")
+
+
+def test_docstring_examples():
+    for name in cli.__all__:
+        assert getattr(cli, name).__doc__, name
+    for module in (cli, lm_task):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
+    assert doctest.testmod(lm_task).attempted >= 2  # get_preset's example runs

@@ -125,7 +125,14 @@ PRESETS: dict[str, LMPreset] = {
 
 
 def get_preset(name: str) -> LMPreset:
-    """The preset called ``name`` (one of :data:`PRESETS`)."""
+    """The preset called ``name`` (one of :data:`PRESETS`).
+
+    Example:
+      >>> from jrnn import cli
+      >>> p = cli.get_preset("cpu")
+      >>> p.num_layers, p.hidden_size, p.seq_len, p.train.steps
+      (2, 256, 64, 450)
+    """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name]
@@ -282,8 +289,8 @@ def train_lm(
       ValueError: on an unknown preset or a text too short for one batch.
 
     Example:
-      >>> from jrnn._src import lm_task
-      >>> lm_task.train_lm("my.txt", "runs/lm", "smoke")  # doctest: +SKIP
+      >>> from jrnn import cli
+      >>> summary = cli.train_lm("my.txt", "runs/lm", "smoke")  # doctest: +SKIP
     """
     import jax
 
@@ -408,6 +415,10 @@ def load_lm(workdir: str, step: int | None = None) -> Any:
 
     Raises:
       FileNotFoundError: if ``workdir`` holds no trained model.
+
+    Example:
+      >>> from jrnn import cli
+      >>> model = cli.load_lm("runs/lm")  # doctest: +SKIP
     """
     from jrnn._src.checkpoint import list_steps, restore_checkpoint
 
