@@ -1,16 +1,15 @@
-"""The Colab notebook runs as shipped: its install cell against a wheel built from this checkout,
-then every cell, on the CPU with the smoke preset.
+"""The Colab notebook runs as shipped: its install cell against a wheel built from this checkout
+(or a git URL of it), then every cell, on the CPU with the smoke preset.
 
-The end-to-end runs build the wheel (``pip wheel``, as ``make wheel`` does), make a throwaway venv
-that sees the test venv's packages (jax, flax, ...) through a ``.pth`` file but not this checkout,
-and execute the notebook's code cells one after the other in that venv's Python, filling the form
-fields (``NAME = value  # @param``) the way a user fills them in Colab. The install cell's own
-``pip install`` puts jrnn into the throwaway venv; the shared venv is never written to.
-"""
+The end-to-end runs (slow tier) build the wheel (``pip wheel``, as ``make wheel`` does), make a
+throwaway venv that sees the test venv's packages (jax, flax, ...) through a ``.pth`` file but not
+this checkout, and execute the notebook's code cells one after the other in that venv's Python,
+filling the form fields (``NAME = value  # @param``) the way a user fills them in Colab. The
+install cell's own ``pip install`` puts jrnn into the throwaway venv; the shared venv is never
+written to."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -21,10 +20,7 @@ import sys
 import sysconfig
 
 import pytest
-from test_experiments import write_bbc_fixture, write_text_fixture
-
-from experiments.byte_classifier import config as clf_config
-from experiments.sorter import config as sort_config
+from test_experiments import write_text_fixture
 
 ROOT = pathlib.Path(__file__).parent.parent
 NOTEBOOK = ROOT / "experiments" / "colab" / "jrnn_tpu.ipynb"
@@ -159,8 +155,8 @@ def run_notebook(python, cwd, forms, tmp_path) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["wheel_in_folder", "pasted_spec"])
-def test_notebook_runs_as_shipped_from_the_wheel(how, wheel, tmp_path):
+@pytest.mark.parametrize("how", ["wheel_in_folder", "pasted_spec", "git_url"])
+def test_notebook_runs_as_shipped(how, wheel, tmp_path):
     venv = tmp_path / "venv"
     python = fresh_venv(venv)
     cwd = tmp_path / "content"
@@ -169,17 +165,29 @@ def test_notebook_runs_as_shipped_from_the_wheel(how, wheel, tmp_path):
     forms = {"JRNN_SOURCE": "", "WORKDIR": str(tmp_path / "runs"), "TEXT": text}
     if how == "wheel_in_folder":  # the file a user uploads lands in the working folder
         shutil.copy(wheel, cwd / wheel.name)
-    else:
+    elif how == "pasted_spec":
         forms["JRNN_SOURCE"] = str(wheel)
+    else:  # the repository's git URL (here a bare clone of this checkout's HEAD)
+        bare = tmp_path / "jrnn.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(ROOT), str(bare)], check=True)
+        forms["JRNN_SOURCE"] = f"git+file://{bare}"
     out, stdout = run_notebook(python, cwd, forms, tmp_path)
 
-    # The install cell said what it did, and jrnn came from the wheel, not from this checkout.
+    # The install cell said what it did, and jrnn came from what it installed, not this checkout.
     expect = "the wheel found here" if how == "wheel_in_folder" else "the source you pasted"
     assert f"installing jrnn from {expect}: " in stdout
-    assert out["jrnn_file"].startswith(str(venv)) and out["REPO"] is None
-    # CPU: the smoke preset; the wheel has no experiments/, so the optional part says so.
-    assert (out["PRESET"], out["PLATFORM"]) == ("smoke", "cpu")
-    assert out["HAVE_EXPERIMENTS"] is False and "experiments/ is not importable" in stdout
+    assert out["jrnn_file"].startswith(str(venv))
+    assert (out["PRESET"], out["PLATFORM"]) == ("smoke", "cpu")  # CPU: the smoke preset
+    if how == "git_url":
+        # The clone brings experiments/: the byte classifier and both sorters ran too.
+        assert out["REPO"] == str(cwd / "jrnn_repo") and out["HAVE_EXPERIMENTS"] is True
+        assert "test accuracy:" in stdout and stdout.count("t=4:") == 2
+        for run in ("byte_classifier_smoke", "sorter_smoke", "sorter_smoke_attention"):
+            assert (tmp_path / "runs" / run / "summary.json").is_file(), run
+    else:
+        # The wheel has no experiments/, so the optional part says so.
+        assert out["REPO"] is None and out["HAVE_EXPERIMENTS"] is False
+        assert "experiments/ is not importable" in stdout
     # Training ran, the loss went down, the checkpoint and the curves were written.
     lm, lm_dir = out["lm"], pathlib.Path(out["LM_DIR"])
     assert lm_dir == tmp_path / "runs" / "char_lm_smoke" and lm["steps"] == 60
@@ -201,35 +209,3 @@ def test_notebook_runs_as_shipped_from_the_wheel(how, wheel, tmp_path):
         assert proc.stdout == texts[0] + "\n" + "-" * 72 + "\n" + texts[1] + "\n"
     # The shared venv's editable jrnn is still in place.
     assert pathlib.Path(sysconfig.get_paths()["purelib"], "__editable__.jrnn-0.1.0.pth").exists()
-
-
-def shorter(config, steps: int):
-    train = dataclasses.replace(config.train, steps=steps, eval_every=0, log_every=2)
-    return dataclasses.replace(config, train=train)
-
-
-@pytest.mark.slow
-def test_notebook_optional_experiments_from_a_clone(tmp_path, monkeypatch, capsys):
-    """From a clone (experiments importable), the byte classifier and sorter cells run too."""
-    bbc = write_bbc_fixture(tmp_path / "bbc")
-    corpus = write_text_fixture(tmp_path / "play.txt")
-    smoke_clf = clf_config.smoke().replace(bbc_root=bbc)
-    monkeypatch.setitem(clf_config.CONFIGS, "smoke", lambda: shorter(smoke_clf, 6))
-    for name in ("smoke", "smoke_attention"):
-        preset = sort_config.CONFIGS[name]
-        monkeypatch.setitem(sort_config.CONFIGS, name, lambda preset=preset: shorter(preset(), 6))
-    workdir = tmp_path / "runs"
-    namespace: dict = {"__name__": "__notebook__", "IN_COLAB": False}
-    forms = {"PRESET": "auto", "WORKDIR": str(workdir), "TEXT": corpus, "LENGTH": 50}
-    for tags, src in code_cells(json.loads(NOTEBOOK.read_text())):
-        if "install" in tags:
-            continue
-        values = {k: v for k, v in forms.items() if re.search(FORM_LINE.format(name=k), src, re.M)}
-        exec(compile(fill(src, **values), "<notebook cell>", "exec"), namespace)  # noqa: S102
-    assert namespace["PRESET"] == "smoke" and namespace["HAVE_EXPERIMENTS"] is True
-    assert all(len(t) == len("ROMEO:") + 50 for t in namespace["texts"])
-    for run in ("byte_classifier_smoke", "sorter_smoke", "sorter_smoke_attention"):
-        summary = json.loads((workdir / run / "summary.json").read_text())
-        assert summary["steps"] == 6, run
-    out = capsys.readouterr().out
-    assert "test accuracy:" in out and "t=4:" in out
