@@ -59,6 +59,11 @@ format: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
+# The jrnn wheel (dist/jrnn-<version>-py3-none-any.whl), e.g. to upload to the Colab notebook.
+.PHONY: wheel
+wheel: $(STAMP)
+	$(PIP) wheel -q --no-deps -w dist .
+
 bench: $(STAMP)
 	$(PYTHON) -m jrnn.bench
 

@@ -17,7 +17,8 @@ from jrnn._src.checkpoint import (
     save_checkpoint,
 )
 from jrnn._src.fit import FitResult, fit
-from jrnn._src.metrics import plot_curves, read_jsonl
+from jrnn._src.metrics import read_jsonl
+from jrnn._src.plots import curves_figure, plot_curves, plot_runs, runs_figure
 from jrnn._src.sharding import (
     describe_sharding,
     initialize_distributed,
@@ -42,6 +43,7 @@ __all__ = [
     "Restored",
     "TrainConfig",
     "TrainState",
+    "curves_figure",
     "describe_sharding",
     "eval_step",
     "evaluate",
@@ -54,9 +56,11 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "plot_curves",
+    "plot_runs",
     "process_rows",
     "read_jsonl",
     "restore_checkpoint",
+    "runs_figure",
     "save_checkpoint",
     "shard_batch",
     "state_shardings",

@@ -152,7 +152,13 @@ def full() -> Config:
     )
 
 
-CONFIGS = {"smoke": smoke, "cpu": cpu, "long": long, "full": full}
+def tpu() -> Config:
+    """One v5e TPU chip (Colab's free TPU) in under ~30 minutes: :func:`full` with a 25-minute
+    training budget (docs/colab.md has the FLOP estimate)."""
+    return full().replace(name="tpu", max_seconds=1500.0)
+
+
+CONFIGS = {"smoke": smoke, "cpu": cpu, "long": long, "full": full, "tpu": tpu}
 
 
 def get_config(name: str) -> Config:

@@ -155,7 +155,17 @@ def full() -> Config:
     )
 
 
-CONFIGS = {"smoke": smoke, "cpu": cpu, "long": long, "full": full}
+def tpu() -> Config:
+    """One v5e TPU chip (Colab's free TPU) in under ~30 minutes: :func:`full`'s model and
+    schedule with a 25-minute training budget (docs/colab.md has the FLOP estimate)."""
+    return full().replace(
+        name="tpu",
+        max_seconds=1500.0,
+        train=full().train.replace(eval_every=500, checkpoint_every=500),
+    )
+
+
+CONFIGS = {"smoke": smoke, "cpu": cpu, "long": long, "full": full, "tpu": tpu}
 
 
 def get_config(name: str) -> Config:

@@ -28,6 +28,7 @@ import jrnn.data as jd
 from experiments import common
 from experiments.char_lm import config as config_lib
 from jrnn import train as jtrain
+from jrnn._src import lm_task
 from jrnn.models import CharLM, losses
 
 
@@ -66,33 +67,24 @@ def stream_batches(
     data: np.ndarray, config: config_lib.Config, start_step: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Truncated-BPTT batches from ``start_step`` on, flagged ``reset`` at every epoch start."""
-    b, t = config.train.batch_size, config.seq_len
-    steps_per_epoch = jd.lm_epoch_length(len(data), b, t)
     index, count = common.shard()
-    stream = jd.lm_stream_batches(
+    return lm_task.stream_batches(
         data,
-        b,
-        t,
+        config.train.batch_size,
+        config.seq_len,
         seed=config.train.seed,
+        start_step=start_step,
         shard_index=index,
         shard_count=count,
-        start_step=start_step,
     )
-    for i, (x, y) in enumerate(stream):
-        reset = (start_step + i) % steps_per_epoch == 0
-        yield {"inputs": x, "targets": y, "reset": np.bool_(reset)}
 
 
 def evaluate_stream(model: CharLM, data: np.ndarray, config: config_lib.Config) -> dict[str, float]:
     """Mean next-character loss (nats/char) over every token of ``data``, carry threaded."""
     index, count = common.shard()
-    batches = (
-        {"inputs": x, "targets": y, "mask": m}
-        for x, y, m in jd.lm_eval_batches(
-            data, config.eval_batch_size, config.seq_len, shard_index=index, shard_count=count
-        )
+    return lm_task.evaluate_stream(
+        model, data, config.eval_batch_size, config.seq_len, shard_index=index, shard_count=count
     )
-    return jtrain.evaluate(model, losses.char_lm_loss, batches, init_carry=model.initial_carries)
 
 
 def train_and_evaluate(

@@ -168,6 +168,20 @@ def full_attention() -> Config:
     return full().replace(name="full_attention", seq_len=256, attention=True)
 
 
+def tpu() -> Config:
+    """One v5e TPU chip (Colab's free TPU) in under ~30 minutes: :func:`full` (t = 64) with a
+    25-minute training budget (docs/colab.md has the FLOP estimate)."""
+    return full().replace(name="tpu", max_seconds=1500.0)
+
+
+def tpu_attention() -> Config:
+    """:func:`tpu` with Luong attention at t = 128 for 10,000 steps (t = 256 would take about
+    four times :func:`tpu`'s compute)."""
+    return tpu().replace(
+        name="tpu_attention", seq_len=128, attention=True, train=tpu().train.replace(steps=10_000)
+    )
+
+
 CONFIGS = {
     "smoke": smoke,
     "smoke_attention": smoke_attention,
@@ -176,6 +190,8 @@ CONFIGS = {
     "cpu_t32_attention": cpu_t32_attention,
     "full": full,
     "full_attention": full_attention,
+    "tpu": tpu,
+    "tpu_attention": tpu_attention,
 }
 
 

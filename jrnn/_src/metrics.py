@@ -1,4 +1,4 @@
-"""Training metrics: a JSONL log, a terminal progress bar and PNG learning curves.
+"""Training metrics: a JSONL log and a terminal progress bar (learning curves: plots.py).
 
 ``metrics.jsonl`` holds one JSON object per line. Training rows (every ``log_every`` steps)::
 
@@ -19,11 +19,12 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 import jax
 import numpy as np
+
+from jrnn._src.plots import plot_curves  # noqa: F401  (drawn in plots.py; fit calls it here)
 
 
 def is_writer() -> bool:
@@ -130,89 +131,3 @@ def format_info(row: dict) -> str:
     elif "examples_per_s" in row:
         parts.append(f"{row['examples_per_s']:,.1f} ex/s")
     return "  ".join(parts)
-
-
-def plot_curves(
-    jsonl_path: str | os.PathLike,
-    png_path: str | os.PathLike,
-    *,
-    keys: Iterable[str] | None = None,
-    title: str | None = None,
-) -> str:
-    """Draws learning curves from a ``metrics.jsonl`` into a PNG.
-
-    One panel per metric, the training curve and the evaluation points on the same axes: the
-    loss, then every other evaluation metric (bookkeeping such as ``count`` left out), the
-    learning rate and the gradient norm.
-
-    Args:
-      jsonl_path: a file written by :func:`jrnn.train.fit`.
-      png_path: the PNG to write (directories are created).
-      keys: the metrics to draw (``"accuracy"`` draws ``accuracy`` and ``eval_accuracy``);
-        None for the default panels.
-      title: figure title.
-
-    Returns:
-      ``png_path`` as a string.
-
-    Raises:
-      ImportError: if matplotlib is not installed (``pip install 'jrnn[experiments]'``).
-      ValueError: if the file holds none of the metrics.
-
-    Example:
-      >>> from jrnn import train
-      >>> train.plot_curves("runs/lm/metrics.jsonl", "runs/lm/curves.png")  # doctest: +SKIP
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "plot_curves needs matplotlib: pip install 'jrnn[experiments]' (or pip install "
-            "matplotlib)"
-        ) from e
-    rows = read_jsonl(jsonl_path)
-    train = [r for r in rows if r.get("kind", "train") == "train"]
-    evals = [r for r in rows if r.get("kind") == "eval"]
-    if keys is None:
-        names = {k[len("eval_") :] for r in evals for k in r if k.startswith("eval_")}
-        keys = ["loss", *sorted(names - {"loss", *_BOOKKEEPING}), "lr", "grad_norm"]
-    keys = [k.removeprefix("eval_") for k in keys]
-    keys = [
-        k
-        for k in keys
-        if any(_number(r.get(k)) for r in train) or any(_number(r.get(f"eval_{k}")) for r in evals)
-    ]
-    if not keys:
-        raise ValueError(f"{os.fspath(jsonl_path)!r} holds no metric to plot")
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        for src, name, label, style in (
-            (train, key, "train", "-"),
-            (evals, f"eval_{key}", "eval", "o-"),
-        ):
-            pts = [(r["step"], r[name]) for r in src if _number(r.get(name))]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, style, label=label, markersize=3)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[-1, 0].set_xlabel("step")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    png_path = os.fspath(png_path)
-    os.makedirs(os.path.dirname(png_path) or ".", exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
-
-
-_BOOKKEEPING = ("count", "tokens", "examples_per_s", "tokens_per_s", "time")
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
