@@ -87,14 +87,16 @@ def test_batches_and_config_checks():
         parity.ParityConfig(hidden=0)
 
 
-SMALL = dict(dtype="float64", steps=25, batch=4, seq=12, hidden=16, clip=0.5)
+SMALL = dict(dtype="float64", steps=25, batch=4, seq=12, hidden=16)
+# Limits inside each model's range of gradient norms at this size, so that some steps clip.
+CLIP = {"lm": 0.19, "clf": 0.6}
 
 
 @pytest.mark.peers
 @pytest.mark.skipif(not HAS_TORCH, reason="optional: torch absent")
 @pytest.mark.parametrize("task", ["lm", "clf"])
 def test_float64_training_matches_torch_step_for_step(task):
-    cfg = parity.ParityConfig(task=task, **SMALL)
+    cfg = parity.ParityConfig(task=task, clip=CLIP[task], **SMALL)
     r = parity.run(cfg)
     assert r["max_loss_rel"] <= 1e-9, r
     assert r["max_param_abs"] <= 1e-7, r
@@ -107,5 +109,5 @@ def test_float64_training_matches_torch_step_for_step(task):
 @pytest.mark.skipif(not HAS_TORCH, reason="optional: torch absent")
 def test_one_bias_lstm_does_not_match_torch():
     """The test can fail: with one bias, Adam moves the summed bias twice as slowly."""
-    r = parity.run(parity.ParityConfig(task="lm", two_biases=False, **(SMALL | dict(steps=5))))
+    r = parity.run(parity.ParityConfig(task="lm", two_biases=False, **(SMALL | dict(steps=3))))
     assert r["max_loss_rel"] > 1e-7 and not r["ok"], r

@@ -96,11 +96,11 @@ class ParityConfig:
     layers: int = 2
     vocab: int = 128
     classes: int = 4
-    lr: float = 3e-3
+    lr: float = 1e-2
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    clip: float = 1.0
+    clip: float = 0.5
     seed: int = 0
     threads: int = 1
     backend: str = "auto"
