@@ -28,9 +28,11 @@ initial state_dict with :func:`jrnn.interop.from_torch` and trains with
   step, which Adam carries into every later step).
 
 In float64 (``jax_enable_x64``, torch ``.double()``) the per-step losses must agree to 1e-9
-relative and the final parameters to 1e-7; in float32 the loss curves within 1 %. The table
-shows the largest relative loss difference per 50 steps (the drift), the largest parameter
-difference after training, and the median time per step of each.
+relative and the final parameters to 1e-7; in float32 the loss curves (running means over 10
+steps) within 1 %. The table shows the largest relative loss difference of single steps, per 50
+steps (the drift), the curves' difference, torch's own float32-vs-float64 drift when both dtypes
+ran (the scale at which float32 rounding, amplified by training, separates two runs), the
+largest parameter difference after training, and the median time per step of each.
 
 Usage::
 
@@ -59,7 +61,9 @@ from typing import Any
 
 import numpy as np
 
-LOSS_RTOL = {"float64": 1e-9, "float32": 1e-2}  # per-step relative loss difference
+# float64: every step's loss; float32: the loss curve (running mean over CURVE_WINDOW steps).
+LOSS_RTOL = {"float64": 1e-9, "float32": 1e-2}
+CURVE_WINDOW = 10
 PARAM_ATOL = {"float64": 1e-7, "float32": None}  # largest |difference| of a final parameter
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity_torch.py")
 
@@ -302,6 +306,13 @@ def run_jrnn(cfg: ParityConfig, data: dict, init: dict) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- compare
 
 
+def _curve_rel(a: np.ndarray, b: np.ndarray, window: int = CURVE_WINDOW) -> float:
+    """Largest relative difference of the ``window``-step running means of two loss curves."""
+    w = min(window, a.size)
+    mean = lambda x: np.convolve(x, np.ones(w) / w, "valid")  # noqa: E731
+    return float(np.max(np.abs(mean(a) - mean(b)) / np.abs(mean(b))))
+
+
 def compare(cfg: ParityConfig, mine: dict, theirs: dict) -> dict[str, Any]:
     """The figures of one run: loss and parameter differences, drift, times."""
     rel = np.abs(mine["losses"] - theirs["losses"]) / np.abs(theirs["losses"])
@@ -311,13 +322,18 @@ def compare(cfg: ParityConfig, mine: dict, theirs: dict) -> dict[str, Any]:
     param_diff = max(float(np.max(np.abs(mine["final"][k] - final_t[k]))) for k in final_t)
     norm_rel = np.abs(mine["grad_norms"] - theirs["grad_norms"]) / theirs["grad_norms"]
     drift = [float(rel[i : i + 50].max()) for i in range(0, cfg.steps, 50)]
+    curve = _curve_rel(mine["losses"], theirs["losses"])
     return {
         "task": cfg.task,
         "dtype": cfg.dtype,
         "steps": cfg.steps,
         "max_loss_rel": float(rel.max()),
         "drift_per_50": drift,
+        "loss_rel_after_first_update": float(rel[1]) if cfg.steps > 1 else None,
+        "curve_rel": curve,
         "max_param_abs": param_diff,
+        "losses_jrnn": [float(x) for x in mine["losses"]],
+        "losses_torch": [float(x) for x in theirs["losses"]],
         "max_grad_norm_rel": float(norm_rel.max()),
         "clipped_steps": int(np.sum(theirs["grad_norms"] > cfg.clip)),
         "first_loss": float(theirs["losses"][0]),
@@ -330,7 +346,7 @@ def compare(cfg: ParityConfig, mine: dict, theirs: dict) -> dict[str, Any]:
         "first_step_s_jrnn": float(mine["times"][0]),
         "torch_version": str(theirs["version"]),
         "ok": bool(
-            rel.max() <= LOSS_RTOL[cfg.dtype]
+            (rel.max() if cfg.dtype == "float64" else curve) <= LOSS_RTOL[cfg.dtype]
             and (PARAM_ATOL[cfg.dtype] is None or param_diff <= PARAM_ATOL[cfg.dtype])
         ),
     }
@@ -349,21 +365,42 @@ def run(cfg: ParityConfig, workdir: str | None = None) -> dict[str, Any]:
 def table(rows: list[dict]) -> str:
     """A markdown table of :func:`compare` results."""
     lines = [
-        "| model | dtype | steps | max rel. loss diff | drift per 50 steps | max abs. param diff "
-        "| clipped steps | loss first -> last (torch) | ms/step jrnn | ms/step torch | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dtype | steps | max rel. loss diff | drift per 50 steps | curve (10-step mean) "
+        "| torch f32 vs f64 | max abs. param diff | clipped steps | loss first -> last (torch) "
+        "| ms/step jrnn | ms/step torch | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     name = {"lm": "2-layer LSTM LM", "clf": "biGRU classifier"}
     for r in rows:
         drift = " ".join(f"{d:.1e}" for d in r["drift_per_50"])
+        ref = r.get("torch_f32_vs_f64")
+        ref = " ".join(f"{d:.1e}" for d in ref) if ref else "-"
         lines.append(
             f"| {name[r['task']]} | {r['dtype']} | {r['steps']} | {r['max_loss_rel']:.1e} "
-            f"| {drift} | {r['max_param_abs']:.1e} | {r['clipped_steps']} "
+            f"| {drift} | {r['curve_rel']:.1e} | {ref} | {r['max_param_abs']:.1e} "
+            f"| {r['clipped_steps']} "
             f"| {r['first_loss']:.3f} -> {r['last_loss_torch']:.3f} "
             f"| {r['ms_per_step_jrnn']:.1f} | {r['ms_per_step_torch']:.1f} "
             f"| {'yes' if r['ok'] else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+def _float32_reference(rows: list[dict]) -> None:
+    """Adds to each float32 row torch's own float32-vs-float64 drift (max relative loss
+    difference per 50 steps), when the same model also ran in float64: the scale of float32
+    rounding amplified by training, against which jrnn-vs-torch float32 drift is read."""
+    for r in rows:
+        if r["dtype"] != "float32":
+            continue
+        for r64 in rows:
+            same = {k: v for k, v in r64["config"].items() if k != "dtype"} == {
+                k: v for k, v in r["config"].items() if k != "dtype"
+            }
+            if r64["dtype"] == "float64" and same:
+                a, b = np.array(r["losses_torch"]), np.array(r64["losses_torch"])
+                rel = np.abs(a - b) / np.abs(b)
+                r["torch_f32_vs_f64"] = [float(rel[i : i + 50].max()) for i in range(0, a.size, 50)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ParityConfig(task=task, dtype=dtype, two_biases=not args.one_bias, **common)
             rows.append(run(cfg) | {"config": dataclasses.asdict(cfg)})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
+    _float32_reference(rows)
     print()
     print(table(rows))
     if args.json:
