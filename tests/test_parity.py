@@ -30,28 +30,38 @@ def np_torch_adam(params, grads_per_step, lr, b1, b2, eps):
     return p
 
 
+def _updates(tx, p0, grads, dtype):
+    """The sum of ``tx``'s updates, accumulated in float64 (no rounding of ``p + u``)."""
+    p = jnp.asarray(p0, dtype)
+    state, total = tx.init(p), np.zeros_like(p0)
+    for g in grads:
+        u, state = tx.update(jnp.asarray(g, dtype), state, p)
+        total = total + np.asarray(u, np.float64)
+    return total
+
+
 def test_adam_like_torch_is_torch_adam():
+    import optax
+
     rng = np.random.default_rng(0)
     p0 = rng.normal(size=(7,))
     # Gradients of very different scales, tiny ones included (where eps's placement matters).
     grads = [rng.normal(size=(7,)) * 10.0 ** rng.integers(-9, 2, (7,)) for _ in range(6)]
-    want = np_torch_adam(p0, grads, 3e-3, 0.9, 0.999, 1e-8)
+    want = np_torch_adam(p0, grads, 3e-3, 0.9, 0.999, 1e-8) - p0
+    mine = parity.adam_like_torch(3e-3, 0.9, 0.999, 1e-8)
+    plain = optax.adam(3e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0)
     with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
-        tx = parity.adam_like_torch(3e-3, 0.9, 0.999, 1e-8)
-        p, state = jnp.asarray(p0), tx.init(jnp.asarray(p0))
-        for g in grads:
-            u, state = tx.update(jnp.asarray(g), state, p)
-            p = p + u
-        np.testing.assert_allclose(np.asarray(p), want, rtol=1e-14, atol=1e-15)
-        # eps added inside the square root (eps_root) would be a different optimiser:
-        import optax
-
-        tx_root = optax.adam(3e-3, eps=0.0, eps_root=1e-8)
-        p2, state = jnp.asarray(p0), tx_root.init(jnp.asarray(p0))
-        for g in grads:
-            u, state = tx_root.update(jnp.asarray(g), state, p2)
-            p2 = p2 + u
-        assert np.max(np.abs(np.asarray(p2) - want)) > 1e-6
+        np.testing.assert_allclose(_updates(mine, p0, grads, jnp.float64), want, rtol=1e-13)
+        # optax.adam with eps_root=0 is the same formula: equal in float64...
+        np.testing.assert_allclose(_updates(plain, p0, grads, jnp.float64), want, rtol=1e-13)
+        # ...while eps inside the square root (eps_root) is a different optimiser.
+        root = optax.adam(3e-3, eps=0.0, eps_root=1e-8)
+        assert np.max(np.abs(_updates(root, p0, grads, jnp.float64) - want) / np.abs(want)) > 1e-3
+    with jax.numpy_dtype_promotion("standard"):
+        # In float32 optax's 1 - b2**t cancels; adam_like_torch's is accurate, as torch's.
+        err = lambda tx: np.max(np.abs(_updates(tx, p0, grads, jnp.float32) - want) / np.abs(want))  # noqa: E731
+        assert err(mine) < 1e-6
+        assert err(plain) > 2e-6
 
 
 def test_clip_like_torch_includes_the_1e_6():
