@@ -231,7 +231,7 @@ def adam_like_torch(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
       >>> tx = adam_like_torch(0.1)
       >>> u, _ = tx.update(jnp.array([2.0, -1e-3]), tx.init(jnp.zeros(2)))
       >>> [round(float(v), 4) for v in u]   # the first step is -lr * sign(g), up to eps
-      [-0.1, -0.1]
+      [-0.1, 0.1]
     """
     import jax
     import jax.numpy as jnp
