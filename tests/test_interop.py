@@ -13,12 +13,12 @@ from jrnn._src import interop
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def _cell(kind, hidden, proj=None):
+def _cell(kind, hidden, proj=None, two_biases=False):
     if kind == "lstm":
-        return jrnn.lstm(hidden, proj_size=proj)
+        return jrnn.lstm(hidden, proj_size=proj, two_biases=two_biases)
     if kind == "gru":
         return jrnn.gru(hidden)
-    return jrnn.elman(hidden, activation=kind[4:])
+    return jrnn.elman(hidden, activation=kind[4:], two_biases=two_biases)
 
 
 def make_state_dict(kind, input_size, hidden, num_layers, bidirectional, proj=None, bias=True):
@@ -110,6 +110,8 @@ CASES = [
     ("rnn_tanh", None),
     ("rnn_relu", None),
 ]
+# Cells built with two_biases=True: PyTorch's bias_ih and bias_hh kept as b and b_hh.
+TWO_BIAS_CASES = [("lstm", None), ("lstm", 3), ("rnn_tanh", None)]
 
 
 @pytest.mark.parametrize("kind,proj", CASES)
@@ -234,6 +236,48 @@ def test_errors_name_the_problem():
         interop.to_torch(jrnn.gru(4).init(jax.random.key(0), 3), jrnn.lstm(4))
 
 
+@pytest.mark.parametrize("kind,proj", TWO_BIAS_CASES)
+def test_two_biases_match_numpy_torch_and_round_trip_each_term(kind, proj):
+    hidden, inputs = 5, 4
+    sd = make_state_dict(kind, inputs, hidden, 2, True, proj)
+    net = jrnn.rnn(_cell(kind, hidden, proj, two_biases=True), num_layers=2, bidirectional=True)
+    params = interop.from_torch(sd, net)
+    np.testing.assert_array_equal(params.first.b[1], sd["bias_ih_l0_reverse"])
+    np.testing.assert_array_equal(params.rest.b_hh[0, 0], sd["bias_hh_l1"])
+    back = interop.to_torch(params, net)
+    assert sorted(back) == sorted(sd)
+    for key, value in sd.items():  # every tensor, both biases included, exactly
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    xs = np.random.default_rng(1).normal(size=(3, 6, inputs)).astype(np.float32)
+    lengths = np.array([6, 4, 1])
+    ys, carries = net.apply(params, xs, lengths=lengths, backend="xla")
+    ys_np, hn_np = np_torch_module(kind, sd, xs, lengths, 2, True, hidden, proj)
+    np.testing.assert_allclose(ys, ys_np, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        jax.tree.leaves(interop.carries_to_torch(carries, net)), jax.tree.leaves(hn_np), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The one-bias cell reads the same module as the same function.
+    one = jrnn.rnn(_cell(kind, hidden, proj), num_layers=2, bidirectional=True)
+    ys_one, _ = one.apply(interop.from_torch(sd, one), xs, lengths=lengths, backend="xla")
+    np.testing.assert_allclose(ys_one, ys, rtol=1e-6, atol=1e-6)
+
+
+def test_two_biases_errors_name_the_problem():
+    two, one = jrnn.lstm(4, two_biases=True), jrnn.lstm(4)
+    p_two, p_one = two.init(jax.random.key(0), 3), one.init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match="b_hh is set, but jrnn.lstm.*one bias"):
+        interop.to_torch(p_two, one)
+    with pytest.raises(ValueError, match=r"b_hh is None, but jrnn.lstm\(4, two_biases=True\)"):
+        interop.to_torch(p_one, two)
+    with pytest.raises(ValueError, match="nonzero biases"):
+        interop.to_torch(p_two._replace(b_hh=p_two.b_hh + 1), two, bias=False)
+    sd = interop.to_torch(p_two._replace(b=p_two.b * 0), two, bias=False)
+    assert sorted(sd) == ["weight_hh", "weight_ih"]
+    back = interop.from_torch(sd, two)  # modules without biases: both zero
+    assert float(jnp.abs(back.b).max()) == 0.0 and float(jnp.abs(back.b_hh).max()) == 0.0
+
+
 @pytest.mark.peers
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="optional: torch absent")
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
@@ -260,3 +304,37 @@ def test_against_torch_itself(kind):
         interop.from_torch(sd, net), net).items()})  # fmt: skip
     with torch.no_grad():
         np.testing.assert_allclose(module(torch.from_numpy(xs))[0].numpy(), ys_t.numpy(), atol=1e-6)
+
+
+@pytest.mark.peers
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="optional: torch absent")
+@pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
+def test_two_biases_gradients_against_torch_itself(kind):
+    """Every gradient, bias_ih and bias_hh separately, equals torch's (float64)."""
+    import torch
+
+    hidden, inputs = 5, 4
+    kwargs = dict(num_layers=2, bidirectional=True, batch_first=True)
+    module = (torch.nn.LSTM if kind == "lstm" else torch.nn.RNN)(inputs, hidden, **kwargs).double()
+    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    net = jrnn.rnn(_cell(kind, hidden, two_biases=True), 2, True)
+    rng = np.random.default_rng(4)
+    xs = rng.normal(size=(3, 6, inputs))
+    w = rng.normal(size=(3, 6, 2 * hidden))
+    module(torch.from_numpy(xs))[0].mul(torch.from_numpy(w)).sum().backward()
+    want = {k: p.grad.numpy() for k, p in module.named_parameters()}
+    with jax.enable_x64(True):
+        cell64 = jrnn.lstm if kind == "lstm" else jrnn.elman
+        extra = {} if kind == "lstm" else {"activation": "tanh"}
+        net = jrnn.rnn(
+            cell64(hidden, two_biases=True, dtype=jnp.float64, param_dtype=jnp.float64, **extra),
+            2,
+            True,
+        )
+        params = interop.from_torch(sd, net)
+        grads = jax.grad(lambda p: jnp.sum(net.apply(p, jnp.asarray(xs))[0] * w))(params)
+        got = interop.to_torch(grads, net)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_array_equal(got["bias_ih_l1_reverse"], got["bias_hh_l1_reverse"])

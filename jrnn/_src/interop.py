@@ -13,11 +13,14 @@ input size of layer k > 0 equal to P times the number of directions. The gate or
 in jrnn, so the conversion is a transpose per matrix. ``nn.LSTMCell`` / ``nn.GRUCell`` /
 ``nn.RNNCell`` use the same names without the ``_l{k}`` suffix.
 
-LSTM and Elman cells have one bias in jrnn: reading sums the two PyTorch biases; writing puts
-the whole bias in ``bias_ih`` and zeros in ``bias_hh`` (the module computes the same function,
-so torch -> jrnn -> torch preserves ``bias_ih + bias_hh``, not each term). GRU keeps both biases
-(``b_hn`` sits inside the reset gate). ``nn.RNN``'s ``nonlinearity`` is not in its state_dict:
-choose ``jrnn.elman(h, activation="tanh" | "relu")`` to match it.
+LSTM and Elman cells have one bias in jrnn by default: reading sums the two PyTorch biases;
+writing puts the whole bias in ``bias_ih`` and zeros in ``bias_hh`` (the module computes the same
+function, so torch -> jrnn -> torch preserves ``bias_ih + bias_hh``, not each term). Built with
+``two_biases=True`` (``jrnn.lstm(h, two_biases=True)``) they keep both: ``b = bias_ih`` and
+``b_hh = bias_hh``, each term round-trips exactly, and training with Adam moves them as PyTorch
+does. GRU always keeps both biases (``b_hn`` sits inside the reset gate). ``nn.RNN``'s
+``nonlinearity`` is not in its state_dict: choose ``jrnn.elman(h, activation="tanh" | "relu")``
+to match it.
 
 Get a state_dict as numpy arrays with
 ``{k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}``.
@@ -89,6 +92,7 @@ def _suffixes(num_layers: int | None, dirs: int) -> list[list[str]]:
 
 def _describe(cell: Cell) -> str:
     extra = f", proj_size={cell.output_size}" if cell.output_size != cell.hidden_size else ""
+    extra += ", two_biases=True" if cell.option("two_biases") else ""
     return f"jrnn.{cell.name}({cell.hidden_size}{extra}) ({_TORCH[cell.name]})"
 
 
@@ -152,13 +156,16 @@ def _read_one(r: _Reader, suffix: str, in_size: int | None, dtype: Any) -> Any:
     as_param = lambda a: jnp.asarray(a, dtype)  # noqa: E731
     if cell.name == "gru":
         return GRUParams(as_param(w_ih.T), as_param(w_hh.T), as_param(b_ih), as_param(b_hh))
-    b = as_param(b_ih + b_hh)
+    if cell.option("two_biases"):
+        b, b_hh = as_param(b_ih), as_param(b_hh)
+    else:
+        b, b_hh = as_param(b_ih + b_hh), None
     if cell.name == "elman":
-        return ElmanParams(as_param(w_ih.T), as_param(w_hh.T), b)
+        return ElmanParams(as_param(w_ih.T), as_param(w_hh.T), b, b_hh=b_hh)
     w_hr = None
     if P != H:
         w_hr = as_param(r.get(f"weight_hr{suffix}", (P, H)).T)
-    return LSTMParams(as_param(w_ih.T), as_param(w_hh.T), b, w_hr=w_hr)
+    return LSTMParams(as_param(w_ih.T), as_param(w_hh.T), b, w_hr=w_hr, b_hh=b_hh)
 
 
 def from_torch(state_dict: Mapping[str, Any], model: Cell | Layer, *, prefix: str = "") -> Any:
@@ -173,6 +180,8 @@ def from_torch(state_dict: Mapping[str, Any], model: Cell | Layer, *, prefix: st
         biases.
       model: a cell (``jrnn.lstm(h, proj_size=...)``, ``jrnn.gru(h)``, ``jrnn.elman(h,
         activation=...)``) or a ``jrnn.rnn(cell, num_layers, bidirectional)`` Layer of one.
+        An LSTM or Elman cell built with ``two_biases=True`` keeps ``bias_ih`` as ``b`` and
+        ``bias_hh`` as ``b_hh``; otherwise ``b = bias_ih + bias_hh``.
       prefix: prepended to every key (e.g. ``"encoder.rnn."`` for a submodule's entries).
 
     Returns:
@@ -192,6 +201,9 @@ def from_torch(state_dict: Mapping[str, Any], model: Cell | Layer, *, prefix: st
       >>> params = jrnn.interop.from_torch(sd, jrnn.rnn(jrnn.lstm(8)))
       >>> params.first.w_ih.shape, float(params.first.b[0])
       ((3, 32), 2.0)
+      >>> two = jrnn.interop.from_torch(sd, jrnn.rnn(jrnn.lstm(8, two_biases=True)))
+      >>> float(two.first.b[0]), float(two.first.b_hh[0])
+      (1.0, 1.0)
     """
     cell, num_layers, dirs = _structure(model)
     dtype = jnp.dtype(cell.option("param_dtype", "float32"))
@@ -228,7 +240,19 @@ def _write_one(out: dict, cell: Cell, p: Any, suffix: str, bias: bool) -> None:
     out[f"weight_hh{suffix}"] = arr(np.asarray(p.w_hh).T)
     if cell.name == "gru":
         b_ih, b_hh = np.asarray(p.b_ih), np.asarray(p.b_hh)
+    elif cell.option("two_biases"):
+        if p.b_hh is None:
+            raise ValueError(
+                f"params.b_hh is None, but {_describe(cell)} has two_biases=True: build the "
+                "params with its init"
+            )
+        b_ih, b_hh = np.asarray(p.b), np.asarray(p.b_hh)
     else:
+        if p.b_hh is not None:
+            raise ValueError(
+                f"params.b_hh is set, but {_describe(cell)} has one bias: convert with the "
+                "cell built with two_biases=True"
+            )
         b_ih = np.asarray(p.b)
         b_hh = np.zeros_like(b_ih)
     if bias:
@@ -259,7 +283,8 @@ def to_torch(
 
     Returns:
       A dict of numpy arrays (``torch.from_numpy`` each, then ``load_state_dict``). LSTM and
-      Elman biases go to ``bias_ih`` entirely, with ``bias_hh`` zero.
+      Elman biases go to ``bias_ih`` entirely, with ``bias_hh`` zero; with ``two_biases=True``
+      ``b`` goes to ``bias_ih`` and ``b_hh`` to ``bias_hh``.
 
     Example:
       >>> import jax, jrnn

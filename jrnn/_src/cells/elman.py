@@ -1,6 +1,9 @@
 """Elman network (simple RNN), as ``torch.nn.RNN``::
 
-h_t = act(x_t W_ih + h_{t-1} W_hh + b)         act = tanh or relu
+h_t = act(x_t W_ih + h_{t-1} W_hh + b [+ b_hh])         act = tanh or relu
+
+``two_biases`` keeps PyTorch's two bias tensors (``b`` is ``bias_ih``, ``b_hh`` is ``bias_hh``) as
+separate parameters; both enter the input projection, so the recurrence is unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import jax.numpy as jnp
 
 from jrnn._src import cell as cell_lib
 from jrnn._src.cell import Array, Cell
+from jrnn._src.cells import bias as bias_lib
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -22,12 +26,14 @@ class ElmanParams(NamedTuple):
     Attributes:
       w_ih: ``[i, h]``.
       w_hh: ``[h, h]``.
-      b: ``[h]`` (PyTorch's ``bias_ih + bias_hh``).
+      b: ``[h]``: PyTorch's ``bias_ih + bias_hh``, or ``bias_ih`` alone with ``two_biases``.
+      b_hh: ``[h]`` PyTorch's ``bias_hh`` with ``two_biases=True``, else None.
     """
 
     w_ih: Array
     w_hh: Array
     b: Array
+    b_hh: Array | None = None
 
 
 @cell_lib.cached_factory
@@ -35,6 +41,7 @@ def elman(
     hidden_size: int,
     *,
     activation: str = "tanh",
+    two_biases: bool = False,
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
 ) -> Cell:
@@ -43,6 +50,9 @@ def elman(
     Args:
       hidden_size: h.
       activation: ``"tanh"`` or ``"relu"``.
+      two_biases: keep two bias parameters, ``b`` and ``b_hh``, whose sum is the bias, as
+        ``torch.nn.RNN`` does (``bias_ih``, ``bias_hh``): the same function, trained like
+        PyTorch.
       dtype: compute dtype of the matmul operands.
       param_dtype: dtype of the parameters.
 
@@ -53,11 +63,14 @@ def elman(
       >>> import jax, jrnn
       >>> jrnn.elman(8, activation="relu").init(jax.random.key(0), 3).w_hh.shape
       (8, 8)
+      >>> jrnn.elman(8, two_biases=True).init(jax.random.key(0), 3).b_hh.shape
+      (8,)
     """
     H = cell_lib.check_positive_int(hidden_size, "hidden_size")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     act = _ACTIVATIONS[activation]
+    two_biases = bias_lib.check_two_biases(two_biases)
     dtype = cell_lib.check_dtype(dtype, "dtype")
     param_dtype = cell_lib.check_dtype(param_dtype, "param_dtype")
 
@@ -68,13 +81,16 @@ def elman(
             w_ih=cell_lib.lecun_normal(k_ih, (input_size, H), param_dtype),
             w_hh=cell_lib.orthogonal_blocks(k_hh, H, H, 1, param_dtype),
             b=jnp.zeros((H,), param_dtype),
+            b_hh=jnp.zeros((H,), param_dtype) if two_biases else None,
         )
 
     def initial_carry(batch_shape) -> Array:
         return cell_lib.zeros_carry(batch_shape, H, dtype)
 
     def input_projection(params: ElmanParams, x: Array) -> Array:
-        return cell_lib.project(params.w_ih, params.b, x, dtype)
+        # Both biases enter here (a gather of rows of W_ih + b + b_hh for tokens).
+        b = bias_lib.bias_sum(params, two_biases, dtype, "jrnn.elman")
+        return cell_lib.project(params.w_ih, b, x, dtype)
 
     def hidden_projection(params: ElmanParams, h: Array) -> Array:
         return cell_lib.matmul(h, params.w_hh, dtype)
@@ -95,6 +111,7 @@ def elman(
         output_size=H,
         options=dict(
             activation=activation,
+            two_biases=two_biases,
             dtype=jnp.dtype(dtype).name,
             param_dtype=jnp.dtype(param_dtype).name,
         ),
