@@ -11,12 +11,13 @@ See docs/training.md and docs/scaling.md.
 
 from jrnn._src.checkpoint import (
     Restored,
+    convert_legacy_checkpoints,
     latest_step,
     list_steps,
     restore_checkpoint,
     save_checkpoint,
 )
-from jrnn._src.fit import FitResult, fit
+from jrnn._src.fit import Diverged, FitResult, fit
 from jrnn._src.metrics import plot_curves, read_jsonl
 from jrnn._src.sharding import (
     describe_sharding,
@@ -38,10 +39,12 @@ from jrnn._src.train import (
 )
 
 __all__ = [
+    "Diverged",
     "FitResult",
     "Restored",
     "TrainConfig",
     "TrainState",
+    "convert_legacy_checkpoints",
     "describe_sharding",
     "eval_step",
     "evaluate",
