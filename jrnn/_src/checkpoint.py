@@ -270,7 +270,9 @@ class Checkpointer:
         return pick(have, key=lambda s: (self.scores[s], s))
 
     def _prune(self) -> None:
-        if self.keep is None or jax.process_index() != 0:
+        # Every process calls it with the same view (orbax deletes on the primary host only,
+        # behind a barrier).
+        if self.keep is None:
             return
         steps = self.steps()
         keep = set(steps[-self.keep :])
