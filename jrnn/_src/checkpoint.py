@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import warnings
@@ -43,11 +44,14 @@ _ARRAYS, _META = "arrays", "meta"
 
 def as_path(path: str | Any) -> epath.Path:
     """``path`` as an ``etils.epath.Path`` (``gs://...`` and other URIs stay remote)."""
-    if isinstance(path, epath.Path):
-        return path
     if path is None or not isinstance(path, str | bytes) and not hasattr(path, "__fspath__"):
         raise TypeError(f"a path must be a str or os.PathLike, got {type(path).__name__}")
-    return epath.Path(path)
+    text = os.fspath(path) if not isinstance(path, epath.Path) else str(path)
+    if isinstance(text, bytes):
+        text = text.decode()
+    if "://" in text:
+        return path if isinstance(path, epath.Path) else epath.Path(text)
+    return epath.Path(os.path.abspath(text))  # orbax needs absolute local paths
 
 
 def step_dir(root: Any, step: int) -> epath.Path:

@@ -313,6 +313,8 @@ def fit(
     def check_streak():
         bad = int(jax.device_get(streak))
         if bad >= cfg.max_bad_steps:
+            if checkpointer is not None:
+                checkpointer.wait()  # a save in flight holds finite params: let it land
             kept = checkpointer.steps() if checkpointer is not None else []
             where = f"; the last checkpoint is step {kept[-1]} ({ckpt_root})" if kept else ""
             raise Diverged(
@@ -485,6 +487,9 @@ def _resume(checkpointer, state, carry, current_config, allow, bar):
         stored = checkpointer.read_meta(latest).get("metadata", {}).get("config")
     except Exception:  # noqa: BLE001 - an unreadable meta: restore reports it
         stored = None
+    if stored is not None and "train" in stored:
+        # Shape and seed changes first: their message names the field, not an array.
+        check_resume_config(stored, current_config, True, where)
     try:
         groups, meta = checkpointer.restore({"state": state, "carry": carry})
     except ckpt.MismatchError as e:
