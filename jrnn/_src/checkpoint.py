@@ -381,6 +381,7 @@ class Checkpointer:
                 )
             return self._restore_one(int(step), targets, ignore)
         steps = self.steps()
+        _check_same_view(self.root, steps)
         if not steps:
             check_no_legacy(self.root)
             raise FileNotFoundError(f"no checkpoint found under {self.root}")
@@ -463,6 +464,21 @@ class Checkpointer:
                 leaves.append(x)
             result[group] = jax.tree.unflatten(treedef, leaves)
         return result, meta
+
+
+def _check_same_view(root: epath.Path, steps: list[int]) -> None:
+    """Every process must see the same checkpoints (one shared file system)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray(steps[-1] if steps else -1, np.int64)
+    seen = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1).tolist()
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"the processes see different latest checkpoints under {root} (per process: "
+            f"{seen}); the workdir must be one shared file system visible to every host"
+        )
 
 
 def remove_all(root: Any) -> None:

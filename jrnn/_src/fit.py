@@ -271,6 +271,7 @@ def fit(
         )
     if checkpointer is not None and resume:
         ckpt.check_no_legacy(ckpt_root)
+        ckpt._check_same_view(ckpt_root, checkpointer.steps())  # multi-host: one shared view
         if checkpointer.steps():
             state, carry, start = _resume(
                 checkpointer, state, carry, current_config, allow_config_change, bar

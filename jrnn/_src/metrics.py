@@ -174,10 +174,10 @@ class ProgressBar:
         self._progress.start()
 
     def message(self, text: str) -> None:
-        """A line above the bar (or printed)."""
+        """A line above the bar, or printed (on process 0, even with progress off)."""
         if self.mode == "rich":
             self._progress.console.print(text)
-        elif self.mode == "plain":
+        elif is_writer():
             print(text, file=self.stream or sys.stdout, flush=True)
 
     def update(self, step: int, info: str = "") -> None:
