@@ -377,6 +377,11 @@ def test_progress_rich_on_a_terminal_plain_lines_elsewhere(monkeypatch, capsys):
     assert out[0] == "step  10/100  loss 1.5000  lr 2.00e-03  1,234 tok/s"
     assert out[1].startswith("step  20/100  loss 1.2500  lr 2.00e-03  1,234 tok/s  ETA ")
     assert metrics.ProgressBar(10, enabled=False).mode == "off"  # cfg.progress=False
+    monkeypatch.setattr(metrics, "_in_jupyter", lambda: True)  # Jupyter/Colab: rich's display
+    bar = metrics.ProgressBar(10)
+    assert bar.mode == "rich"
+    bar.close()
+    monkeypatch.setattr(metrics, "_in_jupyter", lambda: False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     bar = metrics.ProgressBar(10)
     assert bar.mode == "rich"
