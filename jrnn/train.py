@@ -11,12 +11,13 @@ See docs/training.md and docs/scaling.md.
 
 from jrnn._src.checkpoint import (
     Restored,
+    convert_legacy_checkpoints,
     latest_step,
     list_steps,
     restore_checkpoint,
     save_checkpoint,
 )
-from jrnn._src.fit import FitResult, fit
+from jrnn._src.fit import Diverged, FitResult, fit
 from jrnn._src.metrics import read_jsonl
 from jrnn._src.plots import curves_figure, plot_curves, plot_runs, runs_figure
 from jrnn._src.sharding import (
@@ -39,10 +40,12 @@ from jrnn._src.train import (
 )
 
 __all__ = [
+    "Diverged",
     "FitResult",
     "Restored",
     "TrainConfig",
     "TrainState",
+    "convert_legacy_checkpoints",
     "curves_figure",
     "describe_sharding",
     "eval_step",

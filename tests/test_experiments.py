@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -85,6 +87,23 @@ def test_char_lm_smoke(tmp_path, text_file):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["steps"] == config.train.steps and saved["config"]["corpus"] == text_file
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # What the run ran with: versions, commit (None outside a checkout), command, device.
+    m = saved["machine"]
+    assert m["versions"]["jax"] == jax.__version__ and m["versions"]["flax"]
+    assert m["versions"]["optax"] and m["device_kind"] and m["command"][0] == sys.executable
+    assert m["git_commit"] is None or len(m["git_commit"].split("+")[0]) == 40
+    # Resuming a finished run with a changed learning rate needs the flag; a changed model
+    # size names the field.
+    with pytest.raises(ValueError, match=r"train.learning_rate.*--allow-config-change"):
+        lm_train.main(
+            ["--config", "smoke", "--corpus", text_file, "--workdir", str(tmp_path)]
+            + ["--set", "train.learning_rate=0.02"]
+        )
+    with pytest.raises(ValueError, match=r"run.hidden_size: 32 -> 48"):
+        lm_train.main(
+            ["--config", "smoke", "--corpus", text_file, "--workdir", str(tmp_path)]
+            + ["--set", "hidden_size=48"]
+        )
 
 
 def test_byte_classifier_smoke(tmp_path, bbc_root):

@@ -294,7 +294,8 @@ def test_fit_resume_continues_the_same_trajectory(tmp_path):
     crashed = TinyLM(rngs=nnx.Rngs(0), dropout=0.3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.fit(crashed, lm_loss, lm_batches(fail_at=5), cfg, workdir=str(tmp_path / "b"), **kw)
-    assert train.latest_step(tmp_path / "b" / "checkpoints") == 4
+    # The data stream failed before step 6: the 5 steps done were saved on the way out.
+    assert train.latest_step(tmp_path / "b" / "checkpoints") == 5
     resumed = TinyLM(rngs=nnx.Rngs(1), dropout=0.3)  # different init: must be overwritten
     res = train.fit(
         resumed, lm_loss, lambda start: lm_batches(start), cfg, workdir=str(tmp_path / "b"), **kw
@@ -311,7 +312,17 @@ def test_fit_resume_continues_the_same_trajectory(tmp_path):
     # Resuming with a plain iterator (advanced past the done steps) ends the same way.
     longer = cfg.replace(steps=8)
     again = TinyLM(rngs=nnx.Rngs(2), dropout=0.3)
-    train.fit(again, lm_loss, lm_batches(), longer, workdir=str(tmp_path / "a"), **kw)
+    with pytest.raises(ValueError, match=r"train.steps: 6 -> 8.*allow_config_change"):
+        train.fit(again, lm_loss, lm_batches(), longer, workdir=str(tmp_path / "a"), **kw)
+    train.fit(
+        again,
+        lm_loss,
+        lm_batches(),
+        longer,
+        workdir=str(tmp_path / "a"),
+        allow_config_change=["train.steps"],
+        **kw,
+    )
     third = TinyLM(rngs=nnx.Rngs(0), dropout=0.3)  # resume=False starts over in the same dir
     train.fit(third, lm_loss, lm_batches(), longer, workdir=str(tmp_path / "b"), resume=False, **kw)
     jax.tree.map(np.testing.assert_array_equal, params_of(again), params_of(third))
@@ -355,17 +366,30 @@ def test_fit_writes_jsonl_checkpoints_and_curves(tmp_path):
     assert res.metrics["eval_x"] == 0.5 and res.metrics["loss"] == rows[2]["loss"]
 
 
-def test_progress_bar_only_on_a_terminal(monkeypatch):
+def test_progress_rich_on_a_terminal_plain_lines_elsewhere(monkeypatch, capsys):
     from jrnn._src import metrics
 
-    assert not metrics.ProgressBar(10).enabled  # pytest captures stdout: not a TTY
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    assert not metrics.ProgressBar(10, enabled=False).enabled  # cfg.progress=False
+    plain = metrics.ProgressBar(100)  # pytest captures stdout: not a TTY -> plain lines
+    assert plain.mode == "plain"
+    plain.update(10, metrics.format_info({"loss": 1.5, "lr": 2e-3, "tokens_per_s": 1234.0}))
+    plain.update(20, metrics.format_info({"loss": 1.25, "lr": 2e-3, "tokens_per_s": 1234.0}))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "step  10/100  loss 1.5000  lr 2.00e-03  1,234 tok/s"
+    assert out[1].startswith("step  20/100  loss 1.2500  lr 2.00e-03  1,234 tok/s  ETA ")
+    assert metrics.ProgressBar(10, enabled=False).mode == "off"  # cfg.progress=False
+    monkeypatch.setattr(metrics, "_in_jupyter", lambda: True)  # Jupyter/Colab: rich's display
     bar = metrics.ProgressBar(10)
-    assert bar.enabled
-    bar.update(3, metrics.format_info({"loss": 1.5, "tokens_per_s": 1234.0}))
+    assert bar.mode == "rich"
     bar.close()
-    assert metrics.format_info({"loss": 1.5, "tokens_per_s": 1234.0}) == "loss 1.5000  1,234 tok/s"
+    monkeypatch.setattr(metrics, "_in_jupyter", lambda: False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    bar = metrics.ProgressBar(10)
+    assert bar.mode == "rich"
+    bar.update(3, "x")
+    bar.close()
+    assert metrics.format_info({"loss": None, "skipped_steps": 2}) == (
+        "loss nan  2 non-finite steps skipped"
+    )
 
 
 def test_plot_curves_needs_a_metric(tmp_path):

@@ -56,6 +56,25 @@ class Config:
     seed: int = 0
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        from experiments import common  # field types and ranges, naming the bad field
+
+        common.check_config(
+            self,
+            positive=(
+                "hidden_size",
+                "num_layers",
+                "embed_size",
+                "seq_len",
+                "windows_per_article",
+                "eval_batch_size",
+                "max_seconds",
+            ),
+            non_negative=("seed",),
+            fraction=("dropout",),
+            choices={"head_activation": (None, "relu", "tanh", "gelu")},
+        )
+
     def replace(self, **changes) -> Config:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -115,7 +115,11 @@ def confusion_matrix(
 
 
 def train_and_evaluate(
-    config: config_lib.Config, workdir: str | None, *, resume: bool = True
+    config: config_lib.Config,
+    workdir: str | None,
+    *,
+    resume: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Trains, evaluates on the held-out split; returns (and writes) a summary.
 
@@ -124,12 +128,15 @@ def train_and_evaluate(
       workdir: output folder (``metrics.jsonl``, ``checkpoints/``, ``curves.png``,
         ``summary.json``); None writes nothing.
       resume: continue from a checkpoint in ``workdir``.
+      allow_config_change: resume even if the learning rate, steps, schedule or other
+        trajectory fields differ from the checkpoint's config.
 
     Returns:
       The summary: config, steps, wall time, ``test_accuracy``, ``test_loss``, the confusion
       matrix (single process), machine.
     """
     t0 = time.perf_counter()
+    common.check_eval_batches(eval_batch_size=config.eval_batch_size)
     data = load_data(config)
     names = data.train.class_names
     common.log(
@@ -157,7 +164,11 @@ def train_and_evaluate(
         eval_fn=eval_fn,
         workdir=workdir,
         resume=resume,
+        allow_config_change=allow_config_change,
+        run_config=common.run_config(config, ignore=("eval_batch_size",)),
     )
+    if result.interrupted:
+        return common.interrupted("byte_classifier", result, workdir)
     summary: dict[str, Any] = {
         "task": "byte_classifier",
         "config": config,
@@ -205,7 +216,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line: ``--config``, ``--workdir``, ``--ag-news``, ``--set``, ``--distributed``."""
     config, args = parse_args(argv)
     common.setup_runtime(args.distributed)
-    return train_and_evaluate(config, args.workdir, resume=args.resume)
+    return train_and_evaluate(
+        config,
+        args.workdir,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+    )
 
 
 if __name__ == "__main__":

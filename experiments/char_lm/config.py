@@ -58,6 +58,26 @@ class Config:
     seed: int = 0
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        from experiments import common  # field types and ranges, naming the bad field
+
+        common.check_config(
+            self,
+            positive=(
+                "hidden_size",
+                "num_layers",
+                "seq_len",
+                "eval_batch_size",
+                "eval_bytes",
+                "max_train_bytes",
+                "max_seconds",
+                "sample_length",
+                "temperature",
+            ),
+            non_negative=("seed",),
+            fraction=("dropout",),
+        )
+
     def replace(self, **changes) -> Config:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -93,6 +93,7 @@ def train_and_evaluate(
     *,
     resume: bool = True,
     shakespeare_root: str | None = None,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Trains, evaluates on the whole held-out split and samples; returns (and writes) a summary.
 
@@ -101,6 +102,8 @@ def train_and_evaluate(
       workdir: output folder (``metrics.jsonl``, ``checkpoints/``, ``curves.png``,
         ``summary.json``, ``samples.txt``); None writes nothing.
       resume: continue from a checkpoint in ``workdir``.
+      allow_config_change: resume even if the learning rate, steps, schedule or other
+        trajectory fields differ from the checkpoint's config.
       shakespeare_root: a folder of ``*_gut.txt`` files instead of the installed package.
 
     Returns:
@@ -108,6 +111,7 @@ def train_and_evaluate(
       ``heldout_bits_per_char``, samples, machine.
     """
     t0 = time.perf_counter()
+    common.check_eval_batches(eval_batch_size=config.eval_batch_size)
     text = load_text(config, shakespeare_root=shakespeare_root)
     common.log(
         f"char_lm[{config.name}]: {len(text.train):,} train bytes, "
@@ -137,7 +141,14 @@ def train_and_evaluate(
         workdir=workdir,
         init_carry=model.initial_carries,
         resume=resume,
+        allow_config_change=allow_config_change,
+        run_config=common.run_config(
+            config,
+            ignore=("eval_bytes", "eval_batch_size", "prompts", "sample_length", "temperature"),
+        ),
     )
+    if result.interrupted:
+        return common.interrupted("char_lm", result, workdir)
     train_time = result.wall_time
     final = evaluate_stream(model, held_out, config)
     common.log(
@@ -173,8 +184,7 @@ def train_and_evaluate(
     }
     common.write_summary(workdir, summary)
     if workdir is not None and common.is_writer():
-        with open(f"{workdir}/samples.txt", "w") as f:
-            f.write(("\n" + "-" * 72 + "\n").join(samples) + "\n")
+        common.write_text(workdir, "samples.txt", ("\n" + "-" * 72 + "\n").join(samples))
     return summary
 
 
@@ -196,7 +206,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line: ``--config``, ``--workdir``, ``--corpus``, ``--set``, ``--distributed``."""
     config, args = parse_args(argv)
     common.setup_runtime(args.distributed)
-    return train_and_evaluate(config, args.workdir, resume=args.resume)
+    return train_and_evaluate(
+        config,
+        args.workdir,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+    )
 
 
 if __name__ == "__main__":

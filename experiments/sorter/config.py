@@ -65,6 +65,26 @@ class Config:
     seed: int = 0
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        from experiments import common  # field types and ranges, naming the bad field
+
+        common.check_config(
+            self,
+            positive=(
+                "vocab_size",
+                "seq_len",
+                "min_length",
+                "curriculum_start",
+                "hidden_size",
+                "num_layers",
+                "eval_examples",
+                "max_seconds",
+            ),
+            non_negative=("curriculum_steps", "beam_width", "seed"),
+            fraction=("dropout",),
+            choices={"decoder_input": ("tokens", "zeros")},
+        )
+
     def replace(self, **changes) -> Config:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -115,7 +115,11 @@ def eval_batch(config: config_lib.Config) -> dict[str, np.ndarray]:
 
 
 def train_and_evaluate(
-    config: config_lib.Config, workdir: str | None, *, resume: bool = True
+    config: config_lib.Config,
+    workdir: str | None,
+    *,
+    resume: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Trains, then tabulates greedy (and beam) exact match / token accuracy by length.
 
@@ -124,12 +128,15 @@ def train_and_evaluate(
       workdir: output folder (``metrics.jsonl``, ``checkpoints/``, ``curves.png``,
         ``summary.json``); None writes nothing.
       resume: continue from a checkpoint in ``workdir``.
+      allow_config_change: resume even if the learning rate, steps, schedule or other
+        trajectory fields differ from the checkpoint's config.
 
     Returns:
       The summary: config, steps, wall time, ``by_length`` (length -> greedy and beam
       metrics), machine.
     """
     t0 = time.perf_counter()
+    common.check_eval_batches(eval_examples=config.eval_examples)
     model = make_model(config)
     fixed = eval_batch(config)
     common.log(
@@ -161,7 +168,13 @@ def train_and_evaluate(
         eval_fn=eval_fn,
         workdir=workdir,
         resume=resume,
+        allow_config_change=allow_config_change,
+        run_config=common.run_config(
+            config, ignore=("eval_lengths", "eval_examples", "beam_width")
+        ),
     )
+    if result.interrupted:
+        return common.interrupted("sorter", result, workdir)
     by_length: dict[int, dict[str, float]] = {}
     for length in config.lengths_to_evaluate():
         row = {f"greedy_{k}": v for k, v in decode_accuracy(model, config, length).items()}
@@ -198,7 +211,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line: ``--config``, ``--workdir``, ``--set``, ``--distributed``."""
     config, args = parse_args(argv)
     common.setup_runtime(args.distributed)
-    return train_and_evaluate(config, args.workdir, resume=args.resume)
+    return train_and_evaluate(
+        config,
+        args.workdir,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change,
+    )
 
 
 if __name__ == "__main__":

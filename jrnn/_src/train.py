@@ -56,7 +56,17 @@ class TrainConfig:
       b2: Adam's second-moment decay.
       eps: Adam's epsilon.
       keep_checkpoints: how many newest checkpoints to keep.
-      progress: show a progress bar (only on a TTY, only on process 0).
+      best_metric: also keep the checkpoint with the best value of this evaluation metric
+        (e.g. ``"loss"`` for ``eval_loss``); None keeps the newest only.
+      best_mode: ``"min"`` or ``"max"``: which value of ``best_metric`` is best.
+      max_bad_steps: stop with a ``FloatingPointError`` after this many consecutive steps with a
+        non-finite loss, gradient or update (each such step is skipped: params and optimizer
+        state unchanged).
+      async_checkpoints: write checkpoints in the background (orbax async saves).
+      progress: show progress on process 0: rich's live bar in a terminal or Jupyter, a plain
+        line per ``log_every`` steps otherwise.
+      tensorboard: also write TensorBoard event files next to ``metrics.jsonl`` (needs
+        ``tensorboardX``: ``pip install 'jrnn[tensorboard]'``).
       plot: write ``curves.png`` into the workdir at the end (needs matplotlib; skipped with a
         warning if it is missing).
       donate: donate the train state's buffers to the step (halves its memory).
@@ -80,38 +90,70 @@ class TrainConfig:
     b2: float = 0.999
     eps: float = 1e-8
     keep_checkpoints: int = 3
+    best_metric: str | None = None
+    best_mode: str = "min"
+    max_bad_steps: int = 20
+    async_checkpoints: bool = True
     progress: bool = True
+    tensorboard: bool = False
     plot: bool = True
     donate: bool = True
     fsdp_min_size: int = 2**14
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "log_every", "checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {v!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
-            )
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"TrainConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}"
-            )
-        if self.keep_checkpoints < 1:
-            raise ValueError(
-                f"TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}"
-            )
+        _check_train_config(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def _bad(name: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"TrainConfig.{name} must be {expected}, got {value!r}")
+
+
+def _check_train_config(c: TrainConfig) -> None:
+    def is_int(v):
+        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+    def is_real(v):
+        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+    for name in ("steps", "batch_size", "keep_checkpoints", "max_bad_steps", "fsdp_min_size"):
+        v = getattr(c, name)
+        if not is_int(v) or v < 1:
+            raise _bad(name, v, "an int >= 1")
+    for name in ("warmup_steps", "eval_every", "log_every", "checkpoint_every", "seed"):
+        v = getattr(c, name)
+        if not is_int(v) or v < 0:
+            raise _bad(name, v, "an int >= 0")
+    checks = {
+        "learning_rate": (lambda v: v > 0 and math.isfinite(v), "a finite float > 0"),
+        "weight_decay": (lambda v: 0 <= v < math.inf, "a finite float >= 0"),
+        "final_lr_ratio": (lambda v: 0 <= v <= 1, "a float in [0, 1]"),
+        "b1": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+        "b2": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+        "eps": (lambda v: 0 <= v < math.inf, "a finite float >= 0"),
+    }
+    for name, (ok, expected) in checks.items():
+        v = getattr(c, name)
+        if not is_real(v) or not ok(float(v)):
+            raise _bad(name, v, expected)
+    if c.clip_norm is not None and (
+        not is_real(c.clip_norm) or not 0 <= float(c.clip_norm) < math.inf
+    ):
+        raise _bad("clip_norm", c.clip_norm, "None or a finite float >= 0")
+    for name in ("progress", "plot", "donate", "async_checkpoints", "tensorboard"):
+        if not isinstance(getattr(c, name), bool):
+            raise _bad(name, getattr(c, name), "a bool")
+    if c.optimizer not in OPTIMIZERS:
+        raise _bad("optimizer", c.optimizer, f"one of {OPTIMIZERS}")
+    if c.schedule not in ("cosine", "constant"):
+        raise _bad("schedule", c.schedule, "'cosine' or 'constant'")
+    if c.best_mode not in ("min", "max"):
+        raise _bad("best_mode", c.best_mode, "'min' or 'max'")
+    if c.best_metric is not None and (not isinstance(c.best_metric, str) or not c.best_metric):
+        raise _bad("best_metric", c.best_metric, "None or a metric name such as 'loss'")
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
