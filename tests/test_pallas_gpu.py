@@ -292,3 +292,22 @@ def test_step_kernel_lowers_for_cuda_at_hidden_1000(precision):
 def test_persistent_kernel_still_lowers_for_small_hidden():
     text, _ = _cuda_text(jrnn.gru(64), 16, 8, None)
     assert "jrnn_gru_forward_gpu" in text and "jrnn_gru_backward_gpu" in text
+
+
+def test_gpu_check_quick_correctness_on_cpu(tmp_path):
+    """The GPU check's correctness path at tiny size on CPU (the kernel interpreted): errors
+    against the reference are small, cuDNN is skipped with its reason, no timing is made."""
+    import json
+
+    from jrnn.bench import gpu_check
+
+    path = tmp_path / "check.json"
+    argv = [str(path), "--quick", "--no-timing", "--cells", "lstm", "--kinds", "pallas:step"]
+    assert gpu_check.main([*argv, "cudnn"]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["backend"], r["status"]) for r in rows] == [("pallas:step", "ok"), ("cudnn", "ok")]
+    assert rows[0]["err_out"] < 1e-5 and rows[0]["err_grad"] < 1e-4, rows[0]
+    assert rows[1]["skipped"] == "cuDNN needs a CUDA GPU"
+    assert "float32 LSTM only" in gpu_check._unavailable("cudnn", "gru", "float32")
+    assert not any("forward_ms" in r for r in rows)
+    assert "| lstm | float32 | 3 | 20 | 6 | pallas:step |" in gpu_check.markdown(rows)

@@ -9,9 +9,9 @@ CUDA plugin of the installed jax, in its own environment (``make aot-gpu`` build
     pip install --no-deps jax-cuda12-plugin==<jax version> jax-cuda12-pjrt==<jax version>
     JAX_PLATFORMS=cpu python -m jrnn.bench.aot_gpu            # prints a markdown table
 
-Each row compiles ``unroll(..., backend="pallas")`` (forward) or its gradient for one GPU,
-cell, dtype and size, and reports the kernel the rule picked, the compile time and XLA's
-temporary buffer size, or the compiler's message when it fails.
+Each row compiles ``unroll(tokens, lengths=, resets=, backend="pallas")`` (forward) or its
+gradient for one GPU, cell, dtype and size, and reports the kernel the rule picked, the compile
+time and XLA's temporary buffer size, or the compiler's message when it fails.
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ def compile_one(dev, cell_name, dtype, hidden, batch, steps, what, gpu_kw=None):
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), params
     )
     tokens = jax.ShapeDtypeStruct((batch, steps), jnp.int32, sharding=sharding)
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)
+    resets = jax.ShapeDtypeStruct((batch, steps), jnp.bool_, sharding=sharding)
 
-    def loss(params, tokens):
+    def loss(params, tokens, lengths, resets):  # lengths and resets: the mask/reset code paths
         if gpu_kw:
             xp = cell.input_projection(params, tokens.T)
             ys = pallas.run(
@@ -133,7 +135,9 @@ def compile_one(dev, cell_name, dtype, hidden, batch, steps, what, gpu_kw=None):
                 gpu_kw=gpu_kw,
             )[1]
         else:
-            ys = jrnn.unroll(cell, params, tokens, backend="pallas")[1]
+            ys = jrnn.unroll(
+                cell, params, tokens, lengths=lengths, resets=resets, backend="pallas"
+            )[1]
         return jnp.sum(ys.astype(jnp.float32))
 
     fn = loss if what == "forward" else jax.grad(loss)
@@ -148,7 +152,7 @@ def compile_one(dev, cell_name, dtype, hidden, batch, steps, what, gpu_kw=None):
     )
     start = time.perf_counter()
     try:
-        compiled = jax.jit(fn).trace(params, tokens).lower().compile()
+        compiled = jax.jit(fn).trace(params, tokens, lengths, resets).lower().compile()
         mem = compiled.memory_analysis()
         row.update(ok=True, temp_mib=None if mem is None else mem.temp_size_in_bytes / 2**20)
     except Exception as e:  # noqa: BLE001 - the compiler's message is the result
