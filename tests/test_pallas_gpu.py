@@ -60,7 +60,19 @@ def _gpu_unroll(cell, params, xs, carry, *, lengths, reverse, resets, return_car
     return c, jnp.moveaxis(ys, 0, 1), jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), cs)
 
 
-def _ref_unroll(cell, params, xs, carry, *, lengths, reverse, resets, return_carries, gpu_kw):
+def _ref_unroll(
+    cell,
+    params,
+    xs,
+    carry,
+    *,
+    lengths,
+    reverse,
+    resets,
+    return_carries,
+    gpu_kw,
+    backend="reference",
+):
     del gpu_kw
     out = jrnn.unroll(
         cell,
@@ -71,7 +83,7 @@ def _ref_unroll(cell, params, xs, carry, *, lengths, reverse, resets, return_car
         reverse=reverse,
         resets=None if resets is None else jnp.asarray(resets),
         return_carries=return_carries,
-        backend="reference",
+        backend=backend,
     )
     return out if return_carries else (*out, None)
 
@@ -311,3 +323,23 @@ def test_gpu_check_quick_correctness_on_cpu(tmp_path):
     assert "float32 LSTM only" in gpu_check._unavailable("cudnn", "gru", "float32")
     assert not any("forward_ms" in r for r in rows)
     assert "| lstm | float32 | 3 | 20 | 6 | pallas:step |" in gpu_check.markdown(rows)
+
+
+@pytest.mark.parametrize("batch, steps", [(0, 4), (3, 0)])
+def test_empty_batch_or_time_equals_reference(batch, steps):
+    """Batch 0 and T = 0 return what "xla" returns (values and gradients; the Python-loop
+    "reference" cannot stack zero steps)."""
+    cell = jrnn.lstm(20)
+    params = cell.init(jax.random.key(0), 3)
+    xs = _normal(1, (batch, steps, 3))
+    carry = jax.tree.map(lambda a: a + 0.5, cell.initial_carry(batch))
+    kw = dict(lengths=jnp.full((batch,), steps), reverse=False, resets=None, return_carries=False)
+
+    def loss(run, params, carry):
+        c, ys, _ = run(cell, params, xs, carry, gpu_kw=(), **kw)
+        return jnp.sum(ys) + sum(jnp.sum(jnp.sin(a)) for a in c), (c, ys)
+
+    f = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)
+    got = _fast(f, _gpu_unroll, params, carry, static=(0,))
+    xla = functools.partial(_ref_unroll, backend="xla")
+    _assert_close(got, _fast(f, xla, params, carry, static=(0,)), 1e-6)

@@ -108,7 +108,9 @@ _STEP_KW = ("block_batch", "block_hidden", "block_k", "num_warps")
 _PERSISTENT_KW = ("block_batch", "block_hidden", "hold_bytes", "num_warps")
 
 
-def _route(spec, interpret, mode, persistent_max_hidden, precision, kw):
+def _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw):
+    if 0 in xp.shape[:2]:
+        mode = "step"  # T = 0 or batch 0: the XLA scan returns the empty results, no kernel runs
     if not interpret:
         reason = local_gpu_reason()
         if reason is not None:
@@ -148,7 +150,7 @@ def forward(
     tiling (``block_batch``, ``block_hidden``, ``block_k``, ``hold_bytes``, ``num_warps``);
     each kernel takes the ones it knows.
     """
-    module, opts = _route(spec, interpret, mode, persistent_max_hidden, precision, kw)
+    module, opts = _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw)
     return module.forward(
         spec, w, bias, xp, carry0, maskf, resetf, reverse=reverse, emit_carries=emit_carries, **opts
     )
@@ -174,7 +176,7 @@ def backward(
     **kw,
 ):
     """Backward; same contract as :func:`jrnn._src.backends.pallas_tpu.backward`."""
-    module, opts = _route(spec, interpret, mode, persistent_max_hidden, precision, kw)
+    module, opts = _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw)
     return module.backward(
         spec, w, bias, xp, prev, maskf, resetf, dys, dcarries, dcarry, reverse=reverse, **opts
     )

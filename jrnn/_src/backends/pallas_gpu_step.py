@@ -231,6 +231,7 @@ def backward(
     dependent matmul per step (``dG_t @ W_hh^T``).
     """
     del unused  # tiling keywords of the forward kernel
+    prev = tuple(p[: xp.shape[0]] for p in prev)  # at T = 0 the caller's prev has carry0 only
     prec = PRECISIONS[precision] if spec.dtype == F32 else None
     hp_all = jnp.einsum(
         "tbh,hg->tbg",
