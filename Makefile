@@ -72,3 +72,18 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build site *.egg-info
+
+# Deviceless CUDA compile of the Pallas GPU kernels (A100, H100 target descriptions), in its own
+# venv: the CUDA plugin (~180 MB, installed without the NVIDIA runtime wheels) never enters .venv.
+GPU_AOT_VENV ?= .venv-gpu-aot
+JAX_VERSION = $(shell $(PYTHON) -c "import jax; print(jax.__version__)")
+
+$(GPU_AOT_VENV)/.installed: $(STAMP)
+	test -x $(GPU_AOT_VENV)/bin/python || $(PY) -m venv $(GPU_AOT_VENV)
+	$(GPU_AOT_VENV)/bin/pip install -q -e .
+	$(GPU_AOT_VENV)/bin/pip install -q --no-deps "jax-cuda12-plugin==$(JAX_VERSION)" "jax-cuda12-pjrt==$(JAX_VERSION)"
+	touch $@
+
+.PHONY: aot-gpu
+aot-gpu: $(GPU_AOT_VENV)/.installed
+	JAX_PLATFORMS=cpu $(GPU_AOT_VENV)/bin/python -m jrnn.bench.aot_gpu

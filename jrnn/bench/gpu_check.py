@@ -1,26 +1,29 @@
-"""GPU check of the Pallas kernels: correctness and speed vs ``"xla"`` and cuDNN's LSTM.
+"""GPU check: the Pallas kernels against cuDNN, "xla" and "fused", like with like.
 
-Run on a CUDA machine (written for one H200; nothing here is tuned to it)::
+One command for a person with a CUDA GPU (A100, L4, H100, H200: compute capability >= 8.0)::
 
-    python jrnn/bench/gpu_check.py gpu_check.json     # or: python -m jrnn.bench.gpu_check ...
-    python jrnn/bench/gpu_check.py out.json --quick   # tiny sizes: a smoke test, any platform
+    python -m jrnn.bench.gpu_check gpu_check.json                 # TF32 matmuls everywhere
+    python -m jrnn.bench.gpu_check gpu_check.json --precision highest   # IEEE float32
+    python -m jrnn.bench.gpu_check out.json --quick --no-timing   # tiny, any platform (CPU:
+                                                                  # interpreter, correctness)
 
-It needs jax 0.10.x with the CUDA plugin (e.g. ``pip install "jax[cuda12]==0.10.2"``) and
-flax/optax/numpy as jrnn does. The default ``--budget`` (420 s) fits a 10-minute session.
+It needs jax 0.10.x with the CUDA plugin (``pip install "jax[cuda12]==0.10.2"``) and jrnn's
+dependencies. Every backend runs under one ``jax.default_matmul_precision`` (``tensorfloat32``
+or ``float32``), which the XLA backends and the Pallas kernels (``precision=None`` follows it)
+obey; cuDNN's LSTM (``jax.experimental.rnn``, float32 LSTM only) picks its own math mode, which
+the meta line records as not controlled.
 
-What it measures, in priority order (a time budget skips the rest; every measurement sits in
-its own try/except, and the JSON is rewritten after each one, so a failure or a kill loses
-nothing measured before it):
+Per case (cell, dtype, batch, hidden; T 256, float inputs of size 128, lengths all T):
 
-1. LSTM float32 at batch 32 and 4 (hidden 512, T 256, input 128 float features): outputs,
-   final carry and gradients (params, inputs) of ``backend="pallas"`` and of
-   ``jax.experimental.rnn.lstm`` (cuDNN) against ``backend="xla"``; with lengths too;
-2. the median time of the forward pass and of forward + backward (``value_and_grad``) for the
-   three, and the first-call (compile) time;
-3. GRU float32 and LSTM bfloat16 (pallas vs xla; cuDNN is float32/LSTM only);
-4. a small sweep of the Triton kernel's tiling (batch block, hidden block, warps).
+1. correctness: outputs, final carry and gradients (params, inputs) of every backend against
+   ``backend="reference"`` run at ``precision="highest"`` (max abs and relative difference);
+2. timing: median ms of the forward and of forward + backward (``value_and_grad``), and the
+   first call (compile) time;
 
-Prints a table and writes ``{"meta": ..., "rows": [...]}`` to the JSON path.
+for ``pallas`` (the automatic kernel choice), ``pallas:step`` and ``pallas:persistent`` (both
+kernels forced), ``fused``, ``xla`` and ``cudnn``. Prints a markdown table (the speed table of
+docs/pallas.md) and writes ``{"meta": ..., "rows": [...]}`` to the JSON path after every row,
+so a failure or a kill loses nothing measured before it. A time budget skips the rest.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn._src import unroll as unroll_lib
-from jrnn._src.backends import pallas
+from jrnn._src.backends import pallas, pallas_gpu
+
+KINDS = ("pallas", "pallas:step", "pallas:persistent", "fused", "xla", "cudnn")
+_CONFIG = {"tf32": "tensorfloat32", "highest": "float32"}
 
 
 def _pack_cudnn(params, hidden: int) -> jax.Array:
@@ -53,38 +58,42 @@ def _pack_cudnn(params, hidden: int) -> jax.Array:
     )
 
 
-def _model(kind: str, cell, hidden: int, tiling: dict | None):
-    """``f(params, xs, lengths) -> (carry, ys)`` for a backend kind, batch-major."""
+def model(kind: str, cell, precision: str | None = None):
+    """``f(params, xs, lengths) -> (carry, ys)`` for a backend kind, batch-major float inputs."""
     if kind == "cudnn":
-        from jax.experimental import rnn as jrnn_cudnn
+        from jax.experimental import rnn as cudnn_rnn
+
+        hidden = cell.hidden_size
 
         def f(params, xs, lengths):
             b, _, i = xs.shape
             h0 = jnp.zeros((1, b, hidden), jnp.float32)
-            ys, h, c = jrnn_cudnn.lstm(
+            ys, h, c = cudnn_rnn.lstm(
                 xs, h0, h0, _pack_cudnn(params, hidden), lengths, i, hidden, 1, 0.0, False
             )
             return (h[0], c[0]), ys
 
         return f
-    if kind == "pallas_tiled":
+    if kind.startswith("pallas"):
+        mode = kind.partition(":")[2] or "auto"
+        gpu_kw = dict(mode=mode, precision=precision)
+        on_cpu = jax.default_backend() == "cpu"
 
         def g(params, xs, lengths):
             steps = xs.shape[1]
-            xs_tm = jnp.moveaxis(xs, 1, 0)
             c, ys, _ = pallas.run(
                 cell,
                 params,
-                cell.input_projection(params, xs_tm),
+                cell.input_projection(params, jnp.moveaxis(xs, 1, 0)),
                 cell.initial_carry(xs.shape[0]),
-                mask=unroll_lib.make_mask(lengths, steps),
+                mask=jnp.arange(steps)[:, None] < lengths[None, :],
                 resets=None,
                 reverse=False,
                 unroll=1,
                 return_carries=False,
                 kernel="gpu",
-                interpret=jax.default_backend() == "cpu",
-                gpu_kw=tiling,
+                interpret=on_cpu,  # the interpreter on CPU: correctness only
+                gpu_kw=gpu_kw,
             )
             return c, jnp.moveaxis(ys, 0, 1)
 
@@ -111,27 +120,22 @@ def _time(fn, args, repeats: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
-    jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
-    return {
-        "first_call_s": round(first, 3),
-        "median_ms": round(1e3 * statistics.median(times), 3),
-        "min_ms": round(1e3 * min(times), 3),
-    }
+    return {"first_call_s": first, "median_ms": 1e3 * statistics.median(times)}
 
 
-def _max_diff(a, b) -> tuple[float, float]:
+def max_diff(a, b) -> tuple[float, float]:
     """Max absolute difference over the leaves, and the largest per-leaf relative one."""
     absolute, relative = 0.0, 0.0
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-        d = float(np.max(np.abs(x - y)))
+        d = float(np.max(np.abs(x - y))) if x.size else 0.0
         absolute = max(absolute, d)
-        relative = max(relative, d / max(float(np.max(np.abs(y))), 1e-30))
+        relative = max(relative, d / max(float(np.max(np.abs(y), initial=0.0)), 1e-30))
     return absolute, relative
 
 
@@ -144,8 +148,10 @@ class Runner:
         self._save()
 
     def _save(self):
-        with open(self.path, "w") as fh:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
             json.dump(self.out, fh, indent=1)
+        os.replace(tmp, self.path)  # never a half-written file
 
     def measure(self, what: dict, fn):
         row = dict(what)
@@ -161,78 +167,85 @@ class Runner:
                 row["traceback"] = traceback.format_exc(limit=6)[-2000:]
         self.out["rows"].append(row)
         self._save()
-        shown = {k: v for k, v in row.items() if k != "traceback"}
-        print(json.dumps(shown), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
         return row
 
 
-def _case(run: Runner, *, cell_name, dtype, batch, hidden, steps, inputs, repeats, kinds):
-    make = {"lstm": jrnn.lstm, "gru": jrnn.gru}[cell_name]
-    cell = make(hidden, dtype=dtype, param_dtype=dtype)
+def _unavailable(kind, cell, dtype) -> str | None:
+    if kind == "cudnn" and (cell != "lstm" or dtype != "float32"):
+        return "cuDNN via jax.experimental.rnn: float32 LSTM only"
+    if kind == "cudnn" and jax.default_backend() != "gpu":
+        return "cuDNN needs a CUDA GPU"
+    if kind.startswith("pallas") and jax.default_backend() == "gpu":
+        return pallas_gpu.local_gpu_reason()
+    return None
+
+
+def run_case(run, *, cell_name, dtype, batch, hidden, steps, inputs, repeats, kinds, precision):
+    """Correctness (vs reference at highest precision) and timing rows for one case."""
+    kw = {} if dtype == "float32" else dict(dtype=dtype, param_dtype=dtype)
+    cell = {"lstm": jrnn.lstm, "gru": jrnn.gru}[cell_name](hidden, **kw)
     params = cell.init(jax.random.key(0), inputs)
-    rng = np.random.default_rng(0)
-    xs = jnp.asarray(rng.normal(size=(batch, steps, inputs)), jnp.float32)
-    full = jnp.full((batch,), steps, jnp.int32)
-    ragged = jnp.asarray(rng.integers(1, steps + 1, batch), jnp.int32)
-    base = dict(cell=cell_name, dtype=jnp.dtype(dtype).name, batch=batch, hidden=hidden, T=steps)
-    ref = {}
-
-    def reference(lengths):
-        key = int(lengths is ragged)
-        if key not in ref:
-            f = _model("xla", cell, hidden, None)
-            ref[key] = (
-                jax.jit(f)(params, xs, lengths),
-                jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(params, xs, lengths),
-            )
-        return ref[key]
-
+    xs = jnp.asarray(np.random.default_rng(0).normal(size=(batch, steps, inputs)), jnp.float32)
+    lengths = jnp.full((batch,), steps, jnp.int32)
+    args = (params, xs, lengths)
+    base = dict(cell=cell_name, dtype=dtype, batch=batch, hidden=hidden, T=steps)
+    with jax.default_matmul_precision("float32"):
+        ref_f = model("reference", cell)
+        want = jax.jit(ref_f)(*args), jax.jit(jax.grad(_loss(ref_f), argnums=(0, 1)))(*args)
     for kind in kinds:
-        f = _model(kind, cell, hidden, None)
+        row = dict(base, backend=kind)
+        reason = _unavailable(kind, cell_name, dtype)
+        if reason is not None:
+            run.measure(row, lambda reason=reason: {"skipped": reason})
+            continue
+        f = model(kind, cell)
 
         def check(f=f):
-            out = {}
-            for name, lengths in (("full", full), ("lengths", ragged)):
-                want_y, want_g = reference(lengths)
-                got_y = jax.jit(f)(params, xs, lengths)
-                got_g = jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(params, xs, lengths)
-                for what, got, want in (("out", got_y, want_y), ("grad", got_g, want_g)):
-                    d, r = _max_diff(got, want)
-                    out[f"max_err_{what}_{name}"] = d
-                    out[f"rel_err_{what}_{name}"] = r
-            return out
+            with jax.default_matmul_precision(_CONFIG[precision]):
+                got = jax.jit(f)(*args), jax.jit(jax.grad(_loss(f), argnums=(0, 1)))(*args)
+            (ea, ra), (ga, gr) = max_diff(got[0], want[0]), max_diff(got[1], want[1])
+            return dict(err_out=ea, rel_out=ra, err_grad=ga, rel_grad=gr)
 
-        # Timings first, so that first_call_s includes the compile.
-        run.measure(
-            dict(base, backend=kind, mode="forward"),
-            lambda f=f: _time(jax.jit(f), (params, xs, full), repeats),
-        )
-        run.measure(
-            dict(base, backend=kind, mode="forward+backward"),
-            lambda f=f: _time(
-                jax.jit(jax.value_and_grad(_loss(f), argnums=(0, 1))), (params, xs, full), repeats
-            ),
-        )
-        run.measure(dict(base, backend=kind, check="vs xla"), check)
+        def timing(f=f):
+            with jax.default_matmul_precision(_CONFIG[precision]):
+                fwd = _time(jax.jit(f), args, repeats)
+                both = _time(jax.jit(jax.value_and_grad(_loss(f), argnums=(0, 1))), args, repeats)
+            return dict(
+                forward_ms=fwd["median_ms"],
+                train_ms=both["median_ms"],
+                compile_s=fwd["first_call_s"] + both["first_call_s"],
+            )
+
+        run.measure(dict(row, what="check"), check)
+        if repeats:
+            run.measure(dict(row, what="time"), timing)
 
 
-def _table(rows):
-    head = f"{'cell':5} {'dtype':8} {'B':>3} {'backend':13} {'what':18} {'result':>40}"
-    lines = [head, "-" * len(head)]
+def markdown(rows) -> str:
+    """One line per (case, backend): errors vs reference and median times."""
+    merged: dict = {}
     for r in rows:
-        what = r.get("mode") or r.get("check") or r.get("tiling", "")
-        if r["status"] != "ok":
-            res = r["status"] + (": " + r.get("error", "")[:60] if "error" in r else "")
-        elif "median_ms" in r:
-            res = f"{r['median_ms']:.2f} ms (first call {r['first_call_s']:.1f} s)"
+        key = tuple(r.get(k) for k in ("cell", "dtype", "batch", "hidden", "T", "backend"))
+        merged.setdefault(key, {}).update(r)
+    lines = [
+        "| cell | dtype | batch | hidden | T | backend | max err out / grad (rel) | "
+        "forward ms | fwd+bwd ms | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in merged.items():
+        if "skipped" in r:
+            err, times = f"skipped: {r['skipped']}", ["", "", ""]
+        elif "err_out" in r:
+            rel = f"({r['rel_out']:.0e} / {r['rel_grad']:.0e})"
+            err = f"{r['err_out']:.1e} / {r['err_grad']:.1e} {rel}"
         else:
-            errs = [v for k, v in r.items() if k.startswith("max_err")]
-            rels = [v for k, v in r.items() if k.startswith("rel_err")]
-            res = f"max |diff| {max(errs):.2e} (rel {max(rels):.2e})"
-        lines.append(
-            f"{r.get('cell', ''):5} {r.get('dtype', ''):8} {r.get('batch', ''):>3} "
-            f"{r.get('backend', ''):13} {str(what):18} {res:>40}"
-        )
+            err = r.get("error", r.get("status", ""))[:80]
+        if "forward_ms" in r:
+            times = [f"{r['forward_ms']:.2f}", f"{r['train_ms']:.2f}", f"{r['compile_s']:.1f}"]
+        elif "skipped" not in r:
+            times = ["–", "–", "–"]
+        lines.append("| " + " | ".join([*map(str, key), err, *times]) + " |")
     return "\n".join(lines)
 
 
@@ -240,62 +253,53 @@ def main(argv=None) -> int:
     """Runs the check; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json_path")
+    p.add_argument("--precision", choices=sorted(_CONFIG), default="tf32")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, any platform)")
+    p.add_argument("--no-timing", action="store_true", help="correctness rows only")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--budget", type=float, default=420.0, help="seconds before skipping the rest")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds before skipping the rest")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
     args = p.parse_args(argv)
-    hidden, steps, inputs, batches = 512, 256, 128, (32, 4)
+    cases = [
+        (cell, dtype, batch, hidden)
+        for hidden in (512, 128, 1024)
+        for batch in (32, 128)
+        for cell, dtype in (("lstm", "float32"), ("gru", "float32"), ("lstm", "bfloat16"))
+    ]
+    steps, inputs = 256, 128
     if args.quick:
-        hidden, steps, inputs, batches, args.repeats = 32, 8, 8, (16, 4), 2
+        cases = [("lstm", "float32", 3, 20), ("gru", "float32", 3, 20)]
+        steps, inputs, args.repeats = 6, 5, 2
+    cases = [c for c in cases if c[0] in args.cells]
+    repeats = 0 if args.no_timing else args.repeats
     dev = jax.devices()[0]
     meta = dict(
-        device=str(dev),
-        device_kind=getattr(dev, "device_kind", ""),
+        device_kind=getattr(dev, "device_kind", str(dev)),
         platform=jax.default_backend(),
         jax=jax.__version__,
-        hidden=hidden,
-        T=steps,
-        input=inputs,
-        command=" ".join(sys.argv),
+        precision=args.precision,
+        cudnn_precision="not controlled (jax.experimental.rnn's own math mode)",
+        command=" ".join(["python -m jrnn.bench.gpu_check", *(argv or sys.argv[1:])]),
     )
     print(json.dumps(meta), flush=True)
     run = Runner(args.json_path, args.budget, meta)
-    common = dict(hidden=hidden, steps=steps, inputs=inputs, repeats=args.repeats)
-    for batch in batches:
-        _case(
+    for cell, dtype, batch, hidden in cases:
+        run_case(
             run,
-            cell_name="lstm",
-            dtype=jnp.float32,
+            cell_name=cell,
+            dtype=dtype,
             batch=batch,
-            **common,
-            kinds=("pallas", "xla", "cudnn"),
-        )
-    for batch in batches:
-        _case(
-            run, cell_name="gru", dtype=jnp.float32, batch=batch, **common, kinds=("pallas", "xla")
-        )
-    _case(
-        run,
-        cell_name="lstm",
-        dtype=jnp.bfloat16,
-        batch=batches[0],
-        **common,
-        kinds=("pallas", "xla"),
-    )
-    # Tiling sweep of the Triton kernel (forward only), LSTM float32 at the first batch.
-    cell = jrnn.lstm(hidden)
-    params = cell.init(jax.random.key(0), inputs)
-    xs = jnp.asarray(np.random.default_rng(1).normal(size=(batches[0], steps, inputs)), jnp.float32)
-    full = jnp.full((batches[0],), steps, jnp.int32)
-    for bb, bh, warps in ((16, 64, 4), (16, 128, 8), (32, 128, 8), (16, 32, 4)):
-        tiling = dict(block_batch=bb, block_hidden=bh, num_warps=warps)
-        f = _model("pallas_tiled", cell, hidden, tiling)
-        run.measure(
-            dict(cell="lstm", dtype="float32", batch=batches[0], backend="pallas", tiling=tiling),
-            lambda f=f: _time(jax.jit(f), (params, xs, full), args.repeats),
+            hidden=hidden,
+            steps=steps,
+            inputs=inputs,
+            repeats=repeats,
+            kinds=args.kinds,
+            precision=args.precision,
         )
     print()
-    print(_table(run.out["rows"]))
+    print(f"{meta['device_kind']}, jax {meta['jax']}, precision {args.precision}")
+    print(markdown(run.out["rows"]))
     print(f"\nwrote {args.json_path}")
     return 0
 

@@ -1,371 +1,129 @@
-"""Pallas GPU kernels (Triton backend): the whole time loop of a cell in one ``pallas_call``.
+"""Pallas GPU kernels (Triton backend): which kernel, at which precision, on which GPU.
 
-Why Triton and not Mosaic GPU (jax 0.10.2; see docs/pallas.md): in this release
-``pl.pallas_call`` on Mosaic GPU is deprecated in favour of ``plgpu.kernel``, does not lower
-``jnp.dot`` (it needs explicit ``wgmma`` on 64-row warpgroup tiles, Hopper/Blackwell only), and
-whole arrays in shared memory overflow it at hidden 512. The Triton lowering takes ordinary
-``jnp.dot`` on 16x16 tiles with float32 accumulation on any sm_80+ GPU (A100, H100, H200).
-Its deprecation (from JAX 0.11) makes a Mosaic GPU port future work.
+Two kernel designs, picked per call by :func:`choose_mode` (see docs/pallas.md):
 
-Grid ``(batch blocks,)``; each program owns ``bb`` rows (a power of two >= 16) for all time
-steps. The hidden dim is split into ``nh`` blocks of ``bh`` (a power of two >= 16) and the
-blocks are unrolled in Python, so ``h`` and ``c`` live in registers as ``nh`` tiles of
-``[bb, bh]``, and value slicing (which the Triton lowering does not support) is never needed::
+=============  ===========================================================================
+``"step"``     ``pallas_gpu_step``: one kernel per time step over a grid of (batch blocks x
+               hidden blocks), every program computing all gates of its hidden units; the
+               time loop is an XLA scan; the backward is an XLA reverse scan with one
+               dependent matmul per step. Spreads one step over the whole GPU.
+``"persistent"``  ``pallas_gpu_persistent``: the whole time loop inside one kernel, one
+               program per batch block, ``h`` in registers. No per-step launches, but only
+               ``batch / bb`` SMs busy: used for small hidden sizes only.
+=============  ===========================================================================
 
-    for each step t (a fori_loop), for each hidden block j, for each gate q:
-        z_qj = xp[t, :, q*H + j*bh : +bh] + sum_k h_k @ W_hh[k*bh : +bh, q*H + j*bh : +bh]
-    h'_j, c'_j = pointwise(z_.j, c_j)
+Rule (``mode="auto"``): persistent when the hidden size (and seed_rnn's output size) is at
+most ``persistent_max_hidden`` (128), else step. At <= 128 units the step kernel has at most 8
+hidden blocks, so it cannot fill the GPU either, and the persistent kernel saves the per-step
+launch and the round trip of ``h`` through memory; above it the persistent kernel's
+Python-unrolled tiles grow its trace and its registers quadratically. The threshold is a
+reasoned default, not a measured one: ``jrnn/bench/gpu_check.py`` times both.
 
-``W_hh`` tiles are loaded once before the loop (kept in registers) when the whole matrix is
-at most ``hold_bytes``; otherwise they are re-read from global memory (L2-resident: 4 MiB at
-hidden 512 in float32) every step. Hidden sizes are zero-padded to a multiple of 16 and the
-batch to a multiple of ``bb``: a padded unit's gates see zero inputs and zero weights, so it
-stays exactly zero and never feeds the real units.
+Float32 matmuls run as TF32 on tensor cores by default (XLA's own default for float32 dots
+on Ampere and later); ``precision="highest"`` (or ``jax.default_matmul_precision("float32")``)
+asks for IEEE float32. bfloat16 cells multiply in bfloat16 with float32 accumulation.
 
-The pointwise math is written per gate tile here (it cannot call ``cell.gates``, which slices
-its gate vector); :func:`pointwise` is tested against ``cell.gates`` in tests/test_pallas.py.
-The backward kernel takes ``jax.vjp`` of the same tile functions.
+Why Triton and not Mosaic GPU (jax 0.10.2): ``pl.pallas_call`` on Mosaic GPU is deprecated in
+favour of ``plgpu.kernel``, does not lower ``jnp.dot`` (it needs explicit ``wgmma`` on 64-row
+warpgroup tiles, Hopper and later). Triton through XLA needs compute capability >= 8.0:
+:func:`supports_device` declines older GPUs (Colab's free T4 is 7.5).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from jax import lax
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
-from jrnn._src.backends import pallas_tpu
+from jrnn._src.backends import pallas_gpu_persistent, pallas_gpu_step
+from jrnn._src.backends.pallas_gpu_persistent import _Plan  # noqa: F401  (tests, bench)
+from jrnn._src.backends.pallas_gpu_tiles import pointwise, resolve_precision  # noqa: F401
 
-_F32 = jnp.float32
-MIN_TILE = 16
-
-
-def _pow2_at_most(n: int) -> int:
-    return 1 << (max(int(n), 1).bit_length() - 1)
+MIN_COMPUTE_CAPABILITY = (8, 0)
+PERSISTENT_MAX_HIDDEN = 128
+MODES = ("auto", "step", "persistent")
 
 
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+def _capability(text) -> tuple[int, int] | None:
+    try:
+        major, minor = str(text).strip().split(".")[:2]
+        return int(major), int(minor.rstrip("abf") or 0)
+    except (ValueError, AttributeError):
+        return None
 
 
-def segments(spec) -> list[tuple[int, int]]:
-    """``(offset, width)`` of the gate segments of ``xp``/``W_hh``'s columns."""
-    H = spec.hidden
-    if spec.name == "seed_rnn":
-        return [(0, spec.output), (spec.output, H)]
-    return [(q * H, H) for q in range(spec.width // H)]
-
-
-def _pad_cols(a, segs, widths):
-    """Zero-pads each column segment of ``a``'s last axis to its padded width."""
-    if all(w == pw for (_, w), pw in zip(segs, widths, strict=True)):
-        return a
-    parts = []
-    for (off, w), pw in zip(segs, widths, strict=True):
-        part = a[..., off : off + w]
-        parts.append(jnp.pad(part, [(0, 0)] * (a.ndim - 1) + [(0, pw - w)]))
-    return jnp.concatenate(parts, axis=-1)
-
-
-def _unpad_cols(a, segs, widths):
-    if all(w == pw for (_, w), pw in zip(segs, widths, strict=True)):
-        return a
-    parts, off_p = [], 0
-    for (_, w), pw in zip(segs, widths, strict=True):
-        parts.append(a[..., off_p : off_p + w])
-        off_p += pw
-    return jnp.concatenate(parts, axis=-1)
-
-
-def _pad_last(a, width):
-    return (
-        a
-        if a.shape[-1] == width
-        else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])])
-    )
-
-
-def pointwise(spec, xs, hs, carry):
-    """One hidden tile's update from per-gate tiles (no slicing).
+def supports_device(device) -> str | None:
+    """None if the Triton kernels can run on ``device``, else the reason.
 
     Args:
-      spec: the kernel spec.
-      xs: tuple of ``[bb, bh]`` input-side pre-activations, one per gate.
-      hs: the recurrent side ``h @ W_hh [+ b_hh]``, same structure.
-      carry: tuple of the carry leaves' ``[bb, bh]`` tiles.
+      device: a ``jax.Device`` or a description with ``platform``, ``device_kind`` and (for
+        CUDA) ``compute_capability`` (a string like ``"8.0"``), e.g. a
+        ``types.SimpleNamespace`` in tests. Non-GPU platforms are not judged here (None).
 
-    Returns:
-      ``(new carry tiles, y tile)``.
+    Example:
+      >>> import types
+      >>> t4 = types.SimpleNamespace(platform="gpu", device_kind="Tesla T4",
+      ...                            compute_capability="7.5")
+      >>> supports_device(t4).split(":")[0]
+      'Tesla T4 has compute capability 7.5'
     """
-    sig = jax.nn.sigmoid
-    if spec.name == "lstm":
-        zi, zf, zg, zo = (x + h for x, h in zip(xs, hs, strict=True))
-        c = sig(zf) * carry[1] + sig(zi) * jnp.tanh(zg)
-        h = sig(zo) * jnp.tanh(c)
-        return (h, c), h
-    if spec.name == "gru":
-        r = sig(xs[0] + hs[0])
-        z = sig(xs[1] + hs[1])
-        n = jnp.tanh(xs[2] + r * hs[2])
-        h = n + z * (carry[0] - n)
-        return (h,), h
-    if spec.name == "elman":
-        z = xs[0] + hs[0]
-        h = jax.nn.relu(z) if spec.activation == "relu" else jnp.tanh(z)
-        return (h,), h
-    raise ValueError(f"no tile update for cell {spec.name!r}")
+    platform = str(getattr(device, "platform", "")).lower()
+    if platform not in ("gpu", "cuda", "rocm"):
+        return None
+    kind = getattr(device, "device_kind", "this GPU")
+    if platform == "rocm" or "amd" in str(kind).lower():
+        return f"{kind}: jrnn's Pallas GPU kernels are built and tested for CUDA only"
+    cap = _capability(getattr(device, "compute_capability", None))
+    if cap is None:
+        return f"{kind}: unknown CUDA compute capability; Triton kernels need >= 8.0"
+    if cap < MIN_COMPUTE_CAPABILITY:
+        return (
+            f"{kind} has compute capability {cap[0]}.{cap[1]}: XLA runs Pallas Triton kernels "
+            "on compute capability >= 8.0 (A100, L4, H100 and later) only; use "
+            "backend='fused' or 'xla'"
+        )
+    return None
 
 
-class _Plan:
-    """Static tiling of one call: padded sizes, tiles and the column of every (gate, tile)."""
-
-    def __init__(self, spec, batch, *, block_batch, block_hidden, hold_bytes, itemsize):
-        self.spec = spec
-        self.segs = segments(spec)
-        self.hp = _round_up(spec.hidden, MIN_TILE)
-        if spec.name == "seed_rnn":
-            self.op = _round_up(spec.output, MIN_TILE)
-            self.widths = [self.op, self.hp]
-        else:
-            self.op = self.hp
-            self.widths = [self.hp] * len(self.segs)
-        bh = _pow2_at_most(block_hidden or 128)
-        while self.hp % bh or self.op % bh:
-            bh //= 2
-        self.bh = bh
-        self.nh, self.no = self.hp // bh, self.op // bh
-        self.offsets = [sum(self.widths[:q]) for q in range(len(self.widths))]
-        self.gp = sum(self.widths)
-        bb = block_batch or min(max(_pow2_at_most(batch), MIN_TILE), 64)
-        self.bb = max(_pow2_at_most(bb), MIN_TILE)
-        self.bp = _round_up(batch, self.bb)
-        self.hold = self.hp * self.gp * itemsize <= hold_bytes
-
-    def col(self, q, j):
-        return self.offsets[q] + j * self.bh
+def local_gpu_reason() -> str | None:
+    """:func:`supports_device` of this process's first GPU, or None when there is none."""
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:
+        return None
+    return supports_device(devices[0]) if devices else None
 
 
-def _dot(spec, a, b, trans_b=False):
-    prec = lax.Precision.HIGHEST if spec.dtype == jnp.float32 else None
-    dims = (((1,), (1 if trans_b else 0,)), ((), ()))
-    return lax.dot_general(
-        a.astype(spec.dtype), b, dims, precision=prec, preferred_element_type=_F32
+def choose_mode(spec, mode: str = "auto", persistent_max_hidden: int = PERSISTENT_MAX_HIDDEN):
+    """``"persistent"`` or ``"step"`` for a kernel spec (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    small = max(spec.hidden, spec.output) <= persistent_max_hidden
+    return "persistent" if small else "step"
+
+
+_STEP_KW = ("block_batch", "block_hidden", "block_k", "num_warps")
+_PERSISTENT_KW = ("block_batch", "block_hidden", "hold_bytes", "num_warps")
+
+
+def _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw):
+    if 0 in xp.shape[:2]:
+        mode = "step"  # T = 0 or batch 0: the XLA scan returns the empty results, no kernel runs
+    if not interpret:
+        reason = local_gpu_reason()
+        if reason is not None:
+            raise NotImplementedError(f"backend='pallas' cannot run on this GPU: {reason}")
+    mode = choose_mode(spec, mode, persistent_max_hidden)
+    module, names = (
+        (pallas_gpu_step, _STEP_KW) if mode == "step" else (pallas_gpu_persistent, _PERSISTENT_KW)
     )
-
-
-def _weights(plan, w_ref):
-    """``tile(k, col) -> W_hh[k*bh:+bh, col:+bh]``, loaded up front when it fits."""
-    bh = plan.bh
-
-    def load(k, col):
-        return w_ref[pl.ds(k * bh, bh), pl.ds(col, bh)]
-
-    if not plan.hold:
-        return load
-    cols = sorted({plan.col(q, j) for q in range(len(plan.widths)) for j in range(plan.nh)})
-    held = {(k, c): load(k, c) for k in range(plan.nh) for c in cols}
-    return lambda k, col: held[(k, col)]
-
-
-def _gate_tiles(plan, t, rows, xp_ref, b_ref, h_tiles, wt, q, j):
-    """``(x tile, h-side tile)`` of gate ``q`` at hidden tile ``j`` for step ``t``."""
-    spec, bh, col = plan.spec, plan.bh, plan.col(q, j)
-    x = xp_ref[t, rows, pl.ds(col, bh)]
-    h = _dot(spec, h_tiles[0], wt(0, col))
-    for k in range(1, plan.nh):
-        h = h + _dot(spec, h_tiles[k], wt(k, col))
-    if b_ref is not None:
-        h = h + b_ref[pl.ds(0, 1), pl.ds(col, bh)]
-    return x, h
-
-
-def _step_tiles(plan, t, rows, xp_ref, b_ref, h_tiles, wt):
-    """All gate tiles of a step: ``xs[j]``, ``hs[j]`` tuples per gate (and seed's y tiles)."""
-    nq = len(plan.widths)
-    if plan.spec.name == "seed_rnn":
-        y = [_gate_tiles(plan, t, rows, xp_ref, b_ref, h_tiles, wt, 0, j) for j in range(plan.no)]
-        s = [_gate_tiles(plan, t, rows, xp_ref, b_ref, h_tiles, wt, 1, j) for j in range(plan.nh)]
-        return y, s
-    tiles = []
-    for j in range(plan.nh):
-        pairs = [_gate_tiles(plan, t, rows, xp_ref, b_ref, h_tiles, wt, q, j) for q in range(nq)]
-        tiles.append((tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)))
-    return None, tiles
-
-
-def _forward_kernel(*refs, plan, steps, reverse, has_bias, has_mask, has_reset, emit):
-    spec, bh, bb, nc = plan.spec, plan.bh, plan.bb, plan.spec.num_carry
-    refs = list(refs)
-    w_ref = refs.pop(0)
-    b_ref = refs.pop(0) if has_bias else None
-    xp_ref = refs.pop(0)
-    c0_refs = [refs.pop(0) for _ in range(nc)]
-    m_ref = refs.pop(0) if has_mask else None
-    r_ref = refs.pop(0) if has_reset else None
-    out_refs = [refs.pop(0) for _ in range(nc)]
-    ys_ref = refs.pop(0)
-    cs_refs = [refs.pop(0) for _ in range(nc)] if emit else []
-    rows = pl.ds(pl.multiple_of(pl.program_id(0) * bb, bb), bb)
-    wt = _weights(plan, w_ref)
-
-    def tiles_of(ref, t=None):
-        idx = () if t is None else (t,)
-        return tuple(ref[(*idx, rows, pl.ds(j * bh, bh))] for j in range(plan.nh))
-
-    def step(s, carry):
-        t = steps - 1 - s if reverse else s
-        if r_ref is not None:
-            r = r_ref[t, rows, pl.ds(0, 1)] > 0
-            carry = tuple(
-                tuple(jnp.where(r, a, b) for a, b in zip(tiles_of(c0), leaf, strict=True))
-                for c0, leaf in zip(c0_refs, carry, strict=True)
-            )
-        y_parts, parts = _step_tiles(plan, t, rows, xp_ref, b_ref, carry[0], wt)
-        if spec.name == "seed_rnn":
-            new = (tuple(jnp.tanh(x + h) for x, h in parts),)
-            ys = [jax.nn.relu(x + h) for x, h in y_parts]
-        else:
-            outs = [
-                pointwise(spec, xs, hs, tuple(leaf[j] for leaf in carry))
-                for j, (xs, hs) in enumerate(parts)
-            ]
-            new = tuple(tuple(o[0][i] for o in outs) for i in range(nc))
-            ys = [o[1] for o in outs]
-        if m_ref is not None:
-            m = m_ref[t, rows, pl.ds(0, 1)] > 0
-            new = tuple(
-                tuple(jnp.where(m, a, b) for a, b in zip(n, c, strict=True))
-                for n, c in zip(new, carry, strict=True)
-            )
-            ys = [jnp.where(m, y, 0.0) for y in ys]
-        for j, y in enumerate(ys):
-            ys_ref[t, rows, pl.ds(j * bh, bh)] = y
-        for ref, leaf in zip(cs_refs, new if emit else (), strict=True):
-            for j, tile in enumerate(leaf):
-                ref[t, rows, pl.ds(j * bh, bh)] = tile
-        return new
-
-    carry = lax.fori_loop(0, steps, step, tuple(tiles_of(r) for r in c0_refs))
-    for ref, leaf in zip(out_refs, carry, strict=True):
-        for j, tile in enumerate(leaf):
-            ref[rows, pl.ds(j * bh, bh)] = tile
-
-
-def _backward_kernel(*refs, plan, steps, reverse, has_bias, has_mask, has_reset, has_dcs):
-    spec, bh, bb, nc, nh = plan.spec, plan.bh, plan.bb, plan.spec.num_carry, plan.nh
-    refs = list(refs)
-    w_ref = refs.pop(0)
-    b_ref = refs.pop(0) if has_bias else None
-    xp_ref = refs.pop(0)
-    prev_refs = [refs.pop(0) for _ in range(nc)]
-    dys_ref = refs.pop(0)
-    dcs_refs = [refs.pop(0) for _ in range(nc)] if has_dcs else []
-    m_ref = refs.pop(0) if has_mask else None
-    r_ref = refs.pop(0) if has_reset else None
-    dT_refs = [refs.pop(0) for _ in range(nc)]
-    dxp_ref = refs.pop(0)
-    dhp_ref = None if spec.hp_is_xp else refs.pop(0)
-    dc_refs = [refs.pop(0) for _ in range(nc)]
-    rows = pl.ds(pl.multiple_of(pl.program_id(0) * bb, bb), bb)
-    wt = _weights(plan, w_ref)
-    zero = jnp.zeros((bb, bh), _F32)
-
-    def tiles_of(ref, t=None, n=nh):
-        idx = () if t is None else (t,)
-        return tuple(ref[(*idx, rows, pl.ds(j * bh, bh))] for j in range(n))
-
-    def step(s, state):
-        dcarry, acc = state
-        t = s if reverse else steps - 1 - s
-        if has_dcs:
-            dcarry = tuple(
-                tuple(a + b for a, b in zip(d, tiles_of(r, t), strict=True))
-                for d, r in zip(dcarry, dcs_refs, strict=True)
-            )
-        carry = tuple(tiles_of(r, t) for r in prev_refs)
-        y_parts, parts = _step_tiles(plan, t, rows, xp_ref, b_ref, carry[0], wt)
-        dy = tiles_of(dys_ref, t, plan.no)
-        direct = [[zero] * nh for _ in range(nc)]
-        grads = []  # (gate, tile, dx, dh)
-        if spec.name == "seed_rnn":
-            for j, (x, h) in enumerate(y_parts):
-                _, vjp = jax.vjp(lambda a, b: jax.nn.relu(a + b), x, h)
-                grads.append((0, j, *vjp(dy[j])))
-            for j, (x, h) in enumerate(parts):
-                _, vjp = jax.vjp(lambda a, b: jnp.tanh(a + b), x, h)
-                grads.append((1, j, *vjp(dcarry[0][j])))
-        else:
-            for j, (xs, hs) in enumerate(parts):
-                cj = tuple(leaf[j] for leaf in carry)
-                _, vjp = jax.vjp(functools.partial(pointwise, spec), xs, hs, cj)
-                dxs, dhs, dcj = vjp((tuple(d[j] for d in dcarry), dy[j]))
-                for i in range(nc):
-                    direct[i][j] = dcj[i]
-                grads += [(q, j, dxs[q], dhs[q]) for q in range(len(dxs))]
-        dh_prev = list(direct[0])
-        for q, j, dx, dh in grads:
-            if m_ref is not None:
-                m = m_ref[t, rows, pl.ds(0, 1)] > 0
-                dx, dh = jnp.where(m, dx, 0.0), jnp.where(m, dh, 0.0)
-            col = plan.col(q, j)
-            dxp_ref[t, rows, pl.ds(col, bh)] = dx
-            if dhp_ref is not None:
-                dhp_ref[t, rows, pl.ds(col, bh)] = dh
-            for k in range(nh):
-                dh_prev[k] = dh_prev[k] + _dot(spec, dh, wt(k, col), trans_b=True)
-        new = (tuple(dh_prev), *(tuple(d) for d in direct[1:]))
-        if m_ref is not None:
-            m = m_ref[t, rows, pl.ds(0, 1)] > 0
-            new = tuple(
-                tuple(jnp.where(m, a, b) for a, b in zip(n, d, strict=True))
-                for n, d in zip(new, dcarry, strict=True)
-            )
-        if r_ref is not None:
-            r = r_ref[t, rows, pl.ds(0, 1)] > 0
-            acc = tuple(
-                tuple(a + jnp.where(r, b, 0.0) for a, b in zip(al, nl, strict=True))
-                for al, nl in zip(acc, new, strict=True)
-            )
-            new = tuple(tuple(jnp.where(r, 0.0, b) for b in nl) for nl in new)
-        return new, acc
-
-    init = tuple(tiles_of(r) for r in dT_refs)
-    acc0 = tuple((zero,) * nh for _ in range(nc))
-    dcarry, acc = lax.fori_loop(0, steps, step, (init, acc0))
-    for ref, leaf, aleaf in zip(dc_refs, dcarry, acc, strict=True):
-        for j, (tile, a) in enumerate(zip(leaf, aleaf, strict=True)):
-            ref[rows, pl.ds(j * bh, bh)] = tile + a
-
-
-def _prepare(spec, w, bias, batch, block_batch, block_hidden, hold_bytes):
-    plan = _Plan(
-        spec,
-        batch,
-        block_batch=block_batch,
-        block_hidden=block_hidden,
-        hold_bytes=hold_bytes,
-        itemsize=jnp.dtype(w.dtype).itemsize,
-    )
-    w = _pad_cols(w, plan.segs, plan.widths)
-    w = jnp.pad(w, [(0, plan.hp - w.shape[0]), (0, 0)]) if w.shape[0] != plan.hp else w
-    if bias is not None:
-        bias = _pad_cols(bias, plan.segs, plan.widths)
-    return plan, w, bias
-
-
-def _call(kernel, plan, out_shape, interpret, name, num_warps):
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=(plan.bp // plan.bb,),
-        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=1),
-        interpret=interpret,
-        name=name,
-    )
+    unknown = set(kw) - set(_STEP_KW) - set(_PERSISTENT_KW)
+    if unknown:
+        raise TypeError(f"unknown GPU kernel keywords {sorted(unknown)}")
+    chosen = {k: v for k, v in kw.items() if k in names and v is not None}
+    return module, dict(chosen, precision=resolve_precision(precision), interpret=interpret)
 
 
 def forward(
@@ -380,41 +138,22 @@ def forward(
     reverse: bool,
     emit_carries: bool,
     interpret: Any = False,
-    block_batch: int | None = None,
-    block_hidden: int | None = None,
-    hold_bytes: int = 48 * 1024,
-    num_warps: int = 4,
+    mode: str = "auto",
+    precision: Any = None,
+    persistent_max_hidden: int = PERSISTENT_MAX_HIDDEN,
+    **kw,
 ):
-    """Forward kernel; same contract as :func:`jrnn._src.backends.pallas_tpu.forward`."""
-    T, B, _ = xp.shape
-    H, nc = spec.hidden, spec.num_carry
-    plan, w, bias = _prepare(spec, w, bias, B, block_batch, block_hidden, hold_bytes)
-    xp = _pad_cols(xp, plan.segs, plan.widths)
-    xp, maskf, resetf = pallas_tpu.pad([xp, maskf, resetf], T, plan.bp)
-    carry0 = [_pad_last(c, plan.hp) for c in pallas_tpu.pad(carry0, 0, plan.bp, None, 0)]
-    inputs = [w, *([bias] if bias is not None else []), xp, *carry0]
-    inputs += [a for a in (maskf, resetf) if a is not None]
-    out_shape = [jax.ShapeDtypeStruct((plan.bp, plan.hp), _F32)] * nc
-    out_shape.append(jax.ShapeDtypeStruct((T, plan.bp, plan.op), _F32))
-    if emit_carries:
-        out_shape += [jax.ShapeDtypeStruct((T, plan.bp, plan.hp), _F32)] * nc
-    kernel = functools.partial(
-        _forward_kernel,
-        plan=plan,
-        steps=T,
-        reverse=reverse,
-        has_bias=bias is not None,
-        has_mask=maskf is not None,
-        has_reset=resetf is not None,
-        emit=emit_carries,
+    """Forward kernel; same contract as :func:`jrnn._src.backends.pallas_tpu.forward`.
+
+    ``mode`` picks the kernel (``"auto"``, ``"step"``, ``"persistent"``), ``precision`` the
+    float32 matmul precision (``"tf32"``, ``"highest"``, None = jax's default). ``kw``:
+    tiling (``block_batch``, ``block_hidden``, ``block_k``, ``hold_bytes``, ``num_warps``);
+    each kernel takes the ones it knows.
+    """
+    module, opts = _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw)
+    return module.forward(
+        spec, w, bias, xp, carry0, maskf, resetf, reverse=reverse, emit_carries=emit_carries, **opts
     )
-    outs = _call(kernel, plan, out_shape, interpret, f"jrnn_{spec.name}_forward_gpu", num_warps)(
-        *inputs
-    )
-    carry = tuple(c[:B, :H] for c in outs[:nc])
-    ys = outs[nc][:, :B, : spec.output]
-    carries = tuple(c[:, :B, :H] for c in outs[nc + 1 :]) if emit_carries else None
-    return carry, ys, carries
 
 
 def backward(
@@ -431,46 +170,13 @@ def backward(
     *,
     reverse: bool,
     interpret: Any = False,
-    block_batch: int | None = None,
-    block_hidden: int | None = None,
-    hold_bytes: int = 48 * 1024,
-    num_warps: int = 4,
+    mode: str = "auto",
+    precision: Any = None,
+    persistent_max_hidden: int = PERSISTENT_MAX_HIDDEN,
+    **kw,
 ):
-    """Backward kernel; same contract as :func:`jrnn._src.backends.pallas_tpu.backward`."""
-    T, B, _ = xp.shape
-    nc = spec.num_carry
-    plan, w, bias = _prepare(spec, w, bias, B, block_batch, block_hidden, hold_bytes)
-    xp = _pad_cols(xp, plan.segs, plan.widths)
-    dys = _pad_last(dys, plan.op)
-    prev = [_pad_last(p, plan.hp) for p in prev]
-    xp, dys, maskf, resetf = pallas_tpu.pad([xp, dys, maskf, resetf], T, plan.bp)
-    prev = pallas_tpu.pad(prev, T, plan.bp)
-    inputs = [w, *([bias] if bias is not None else []), xp, *prev, dys]
-    if dcarries is not None:
-        inputs += pallas_tpu.pad([_pad_last(d, plan.hp) for d in dcarries], T, plan.bp)
-    inputs += [a for a in (maskf, resetf) if a is not None]
-    inputs += [_pad_last(c, plan.hp) for c in pallas_tpu.pad(dcarry, 0, plan.bp, None, 0)]
-    out_shape = [jax.ShapeDtypeStruct((T, plan.bp, plan.gp), _F32)]
-    if not spec.hp_is_xp:
-        out_shape.append(jax.ShapeDtypeStruct((T, plan.bp, plan.gp), _F32))
-    out_shape += [jax.ShapeDtypeStruct((plan.bp, plan.hp), _F32)] * nc
-    kernel = functools.partial(
-        _backward_kernel,
-        plan=plan,
-        steps=T,
-        reverse=reverse,
-        has_bias=bias is not None,
-        has_mask=maskf is not None,
-        has_reset=resetf is not None,
-        has_dcs=dcarries is not None,
+    """Backward; same contract as :func:`jrnn._src.backends.pallas_tpu.backward`."""
+    module, opts = _route(spec, xp, interpret, mode, persistent_max_hidden, precision, kw)
+    return module.backward(
+        spec, w, bias, xp, prev, maskf, resetf, dys, dcarries, dcarry, reverse=reverse, **opts
     )
-    outs = _call(kernel, plan, out_shape, interpret, f"jrnn_{spec.name}_backward_gpu", num_warps)(
-        *inputs
-    )
-    dxp = _unpad_cols(outs[0][:, :B], plan.segs, plan.widths)
-    k = 1
-    dhp = None
-    if not spec.hp_is_xp:
-        dhp, k = _unpad_cols(outs[1][:, :B], plan.segs, plan.widths), 2
-    dc0 = tuple(d[:B, : spec.hidden] for d in outs[k : k + nc])
-    return dxp, dhp, dc0
