@@ -119,6 +119,23 @@ def test_layer_padding_garbage(bidirectional):
             np.testing.assert_array_equal(g, w, err_msg=backend)
 
 
+def test_resets_in_padding_do_not_move_the_frozen_carry():
+    """A reset flag at a padded step leaves the final carry at the last valid step's carry."""
+    cell = jrnn.gru(H)
+    params = cell.init(jax.random.key(0), I)
+    xs = _features(0.0)
+    resets = np.zeros((B, T), bool)
+    resets[1, 4] = True  # padding of sequence 1 (length 3)
+    for backend in ("reference", "xla", "fused"):
+        for reverse in (False, True):
+            want, ys_want = jrnn.unroll(cell, params, xs, lengths=LENGTHS, reverse=reverse)
+            got, ys = jrnn.unroll(
+                cell, params, xs, lengths=LENGTHS, resets=resets, reverse=reverse, backend=backend
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=backend)
+            np.testing.assert_allclose(ys, ys_want, rtol=1e-5, atol=1e-6, err_msg=backend)
+
+
 def test_out_of_range_token_at_a_valid_step_is_nan():
     """Garbage is only forgiven in padding: an out-of-range id at a valid step gives NaN."""
     cell = jrnn.gru(H)

@@ -351,6 +351,8 @@ def rnn(
         training = key is not None
         keys = jax.random.split(key, 2 * num_layers) if training else None
         mask = unroll_lib.make_mask(lengths, steps)
+        if mask is not None and resets is not None:
+            resets = resets & mask  # a reset in padding must not move the frozen carry
         x = xs if time_major else jnp.moveaxis(xs, -1 if tokens else -2, 0)
 
         def drop(x_tm, k, rate):

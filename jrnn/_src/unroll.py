@@ -298,9 +298,12 @@ def run_time_major(
     """Core of ``unroll`` on validated, time-major raw inputs ``xs_tm`` ``[t, b..., i]``.
 
     Layers call this directly (also under ``vmap`` over directions and ``scan`` over layers).
-    Padded steps' inputs are zeroed first (:func:`clean_padding`), whatever the backend.
+    Padded steps' inputs are zeroed first (:func:`clean_padding`) and resets there dropped,
+    whatever the backend.
     Returns ``(carry, ys [t, b..., o], carries or None)``.
     """
+    if mask is not None and resets is not None:
+        resets = resets & mask  # a reset in padding must not move the frozen carry
     return _run_time_major(
         cell,
         params,
