@@ -409,7 +409,9 @@ class RNN(nnx.Module):
 def _check_like(params: Any, expected: Any, name: str, what: str) -> None:
     """Raises unless ``params`` has the structure and shapes of ``expected``; ``what`` names
     the cell or layer in the message."""
-    params = to_arrays(params)
+    params = jax.tree.map(
+        lambda v: v.get_value() if _is_variable(v) else v, params, is_leaf=_is_variable
+    )
     if cell_lib.mismatch(params, expected):
         raise ValueError(
             f"{name}: got {cell_lib.describe_tree(params)} but {what} expects "

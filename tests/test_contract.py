@@ -298,7 +298,7 @@ def test_layer_params_of_another_depth_or_cell():
     bi = jrnn.rnn(jrnn.lstm(8), num_layers=2, bidirectional=True).init(jax.random.key(0), 4)
     with pytest.raises(ValueError, match="params: got RNNParams"):
         net.apply(bi, xs)
-    with pytest.raises(ValueError, match="params: got LSTMParams"):
+    with pytest.raises(TypeError, match="params: got LSTMParams"):
         net.apply(jrnn.lstm(8).init(jax.random.key(0), 4), xs)
 
 

@@ -219,7 +219,8 @@ def rnn(
                 )
             else:
                 want = cell_lib.describe_tree(expected)
-            raise ValueError(
+            error = ValueError if isinstance(params, RNNParams) else TypeError
+            raise error(
                 f"params: got {cell_lib.describe_tree(params)} but the layer {description} "
                 f"expects {want} (what its init(key, input_size) makes)"
             )
