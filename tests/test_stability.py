@@ -65,12 +65,17 @@ def _assert_finite(cell_name, backend, steps, magnitude):
 
 @pytest.mark.parametrize("cell_name", sorted(CELLS))
 def test_large_inputs_give_finite_outputs_and_gradients(cell_name):
-    """|x| up to 1e4 on every backend, short sequences (T = 12)."""
-    ran = [
-        _assert_finite(cell_name, b, 12, 1e4)
-        for b in ("reference", "xla", "fused", "associative", "pallas")
-    ]
-    assert sum(ran) >= 2
+    """|x| up to 1e4, short sequences (T = 12), on the scan backends."""
+    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("xla", "fused", "associative")]
+    assert sum(ran) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell_name", sorted(CELLS))
+def test_large_inputs_reference_and_pallas(cell_name):
+    """|x| up to 1e4, T = 12, on "reference" and "pallas" (the CPU Pallas interpreter)."""
+    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("reference", "pallas")]
+    assert sum(ran) >= 1
 
 
 @pytest.mark.slow
