@@ -65,16 +65,16 @@ def _assert_finite(cell_name, backend, steps, magnitude):
 
 @pytest.mark.parametrize("cell_name", sorted(CELLS))
 def test_large_inputs_give_finite_outputs_and_gradients(cell_name):
-    """|x| up to 1e4, short sequences (T = 12), on the scan backends."""
-    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("xla", "fused", "associative")]
+    """|x| up to 1e4, short sequences (T = 12), on "xla" and "associative"."""
+    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("xla", "associative")]
     assert sum(ran) >= 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell_name", sorted(CELLS))
-def test_large_inputs_reference_and_pallas(cell_name):
-    """|x| up to 1e4, T = 12, on "reference" and "pallas" (the CPU Pallas interpreter)."""
-    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("reference", "pallas")]
+def test_large_inputs_reference_fused_and_pallas(cell_name):
+    """|x| up to 1e4, T = 12, on "reference", "fused" and "pallas" (the CPU interpreter)."""
+    ran = [_assert_finite(cell_name, b, 12, 1e4) for b in ("reference", "fused", "pallas")]
     assert sum(ran) >= 1
 
 
