@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 import jrnn
+from jrnn._src import cell as cell_lib
 from jrnn._src import unroll as unroll_lib
 from jrnn._src.cell import Array, Cell, check_positive_int
 from jrnn._src.layers import RNNParams
@@ -196,7 +197,8 @@ class RNNCell(nnx.Module):
             expected = jax.eval_shape(
                 lambda k: self.cell.init(k, self.input_size), jax.random.key(0)
             )
-            _check_like(params, expected, "params")
+            what = f"the cell {cell_lib.describe_cell(self.cell)} with input_size {input_size}"
+            _check_like(params, expected, "params", what)
         self.params = nnx.data(to_params(params))
 
     @classmethod
@@ -292,7 +294,11 @@ class RNN(nnx.Module):
             expected = jax.eval_shape(
                 lambda k: self.layer.init(k, self.input_size), jax.random.key(0)
             )
-            _check_like(params, expected, "params")
+            what = (
+                f"jrnn.rnn({cell_lib.describe_cell(cell)}, num_layers={num_layers}, "
+                f"bidirectional={bool(bidirectional)}) with input_size {input_size}"
+            )
+            _check_like(params, expected, "params", what)
         self.params = nnx.data(to_params(params))
         if self.stochastic and rngs is not None:
             self.rngs = rngs.dropout.fork()
@@ -401,15 +407,17 @@ class RNN(nnx.Module):
         )
 
 
-def _check_like(params: Any, expected: Any, name: str) -> None:
-    """Raises unless ``params`` has the structure and shapes of ``expected``."""
-    exp_def, got_def = jax.tree.structure(expected), jax.tree.structure(params)
-    if exp_def != got_def:
-        raise ValueError(f"{name} must have the structure {exp_def}, got {got_def}")
-    exp_shapes = [tuple(a.shape) for a in jax.tree.leaves(expected)]
-    got_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(params)]
-    if exp_shapes != got_shapes:
-        raise ValueError(f"{name} leaves must have shapes {exp_shapes}, got {got_shapes}")
+def _check_like(params: Any, expected: Any, name: str, what: str) -> None:
+    """Raises unless ``params`` has the structure and shapes of ``expected``; ``what`` names
+    the cell or layer in the message."""
+    params = jax.tree.map(
+        lambda v: v.get_value() if _is_variable(v) else v, params, is_leaf=_is_variable
+    )
+    if cell_lib.mismatch(params, expected):
+        raise ValueError(
+            f"{name}: got {cell_lib.describe_tree(params)} but {what} expects "
+            f"{cell_lib.describe_tree(expected)}"
+        )
 
 
 def dropout(x: Array, rate: float, key: Array | None) -> Array:

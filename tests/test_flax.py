@@ -175,8 +175,15 @@ def test_make_cell():
 
 def test_bad_params_and_tokens():
     cell = jrnn.lstm(4)
-    with pytest.raises(ValueError, match="params leaves must have shapes"):
+    with pytest.raises(
+        ValueError,
+        match=r"params: got LSTMParams\(w_ih \[5, 16\].* but the cell lstm\(4\) with input_size 6 "
+        r"expects LSTMParams\(w_ih \[6, 16\]",
+    ):
         jflax.RNNCell(cell, 6, params=cell.init(jax.random.key(0), 5))
+    layer_params = jrnn.rnn(cell, 3).init(jax.random.key(0), 5)
+    with pytest.raises(ValueError, match=r"params: got RNNParams.*num_layers=2"):
+        jflax.RNN(cell, 5, 2, params=layer_params)
     with pytest.raises(TypeError, match="RNNParams"):
         jflax.RNN(cell, 5, params=cell.init(jax.random.key(0), 5))
     with pytest.raises(ValueError, match="rngs"):

@@ -48,7 +48,12 @@ class Layer(NamedTuple):
     Attributes:
       init: ``init(key, input_size) -> RNNParams``.
       apply: ``apply(params, xs, carries=None, *, lengths=None, key=None, backend="auto",
-        resets=None, time_major=False, unroll=1) -> (ys, carries)``.
+        resets=None, time_major=False, unroll=1, deterministic=None) -> (ys, carries)``.
+        ``deterministic=None`` (default): training-mode dropout exactly when a ``key`` is given
+        (``key=None`` is evaluation); ``True``: evaluation, the key is ignored; ``False``:
+        training mode, and a stack with any dropout or zoneout raises ValueError without a
+        key instead of silently running deterministic. ``key`` is a ``jax.random.key(seed)``
+        or a legacy ``jax.random.PRNGKey(seed)`` (the same seed gives the same masks).
       initial_carries: ``initial_carries(batch_shape) -> carries`` (zeros).
       cell: the cell.
       num_layers: number of layers.
@@ -154,6 +159,11 @@ def rnn(
         time), an int k (keep the carry every k steps, recompute chunks of k steps) or
         ``"sqrt"`` (k = ceil(sqrt(t))). The last two bound memory for very long sequences.
 
+    Randomness comes only from ``apply``'s ``key`` (typed or legacy): ``key=None`` means
+    evaluation (no dropout, zoneout as its expectation). Pass ``deterministic=False`` to make
+    training mode explicit: without a key it then raises instead of silently running without
+    dropout; ``deterministic=True`` ignores a key.
+
     Returns:
       A :class:`Layer`.
 
@@ -184,9 +194,43 @@ def rnn(
             return cell.init(key, in_size)
         return tree.stack([cell.init(k, in_size) for k in jax.random.split(key, 2)])
 
+    stochastic = bool(dropout or input_dropout or recurrent_dropout or zoneout)
+    description = _describe_layer(
+        cell, num_layers, bidirectional, dropout, merge, input_dropout, recurrent_dropout, zoneout
+    )
+    expected_params: dict[int, Any] = {}
+
+    def check_params(params: Any) -> None:
+        """Raises unless ``params`` are what ``init`` makes (cell, sizes, depth, directions)."""
+        first = getattr(params, "first", None)
+        size = cell_lib.params_input_size(first)
+        if size is not None and size not in expected_params:
+            expected_params[size] = jax.eval_shape(lambda: init(jax.random.key(0), size))
+        expected = expected_params.get(size)
+        if (
+            not isinstance(params, RNNParams)
+            or expected is None
+            or cell_lib.mismatch(params, expected)
+        ):
+            if expected is None:
+                want = cell_lib.describe_tree(jax.eval_shape(lambda: init(jax.random.key(0), 1)))
+                want = want.replace("w_ih [1,", "w_ih [input_size,").replace(
+                    "w_ih [2, 1,", "w_ih [2, input_size,"
+                )
+            else:
+                want = cell_lib.describe_tree(expected)
+            error = ValueError if isinstance(params, RNNParams) else TypeError
+            raise error(
+                f"params: got {cell_lib.describe_tree(params)} but the layer {description} "
+                f"expects {want} (what its init(key, input_size) makes)"
+            )
+        for leaf in jax.tree.leaves(params):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+                raise TypeError(f"params leaves must be float arrays, got {jnp.result_type(leaf)}")
+
     def init(key: Array, input_size: int) -> RNNParams:
         input_size = cell_lib.check_positive_int(input_size, "input_size")
-        keys = jax.random.split(key, num_layers)
+        keys = jax.random.split(cell_lib.as_key(key), num_layers)
         first = init_layer(keys[0], input_size)
         rest = None
         if num_layers > 1:
@@ -271,11 +315,21 @@ def rnn(
         resets: Any = None,
         time_major: bool = False,
         unroll: int = 1,
+        deterministic: bool | None = None,
     ):
-        """Runs the stack; see :func:`rnn`. Returns ``(ys, carries)``."""
-        if not isinstance(params, RNNParams):
-            raise TypeError(
-                f"params must be the RNNParams made by init, got {type(params).__name__}"
+        """Runs the stack; see :func:`rnn` and :class:`Layer`. Returns ``(ys, carries)``."""
+        check_params(params)
+        if deterministic is not None:
+            deterministic = cell_lib.check_bool(deterministic, "deterministic")
+        if key is not None:
+            key = cell_lib.as_key(key)
+        if deterministic:
+            key = None
+        elif deterministic is False and key is None and stochastic:
+            raise ValueError(
+                f"deterministic=False asks for training-mode dropout but key is None: pass "
+                f"key=jax.random.key(seed) to {description}.apply (or deterministic=True / "
+                f"leave it None for evaluation)"
             )
         backend = unroll_lib.check_backend(backend)
         unroll = cell_lib.check_positive_int(unroll, "unroll")
@@ -298,6 +352,8 @@ def rnn(
         training = key is not None
         keys = jax.random.split(key, 2 * num_layers) if training else None
         mask = unroll_lib.make_mask(lengths, steps)
+        if mask is not None and resets is not None:
+            resets = resets & mask  # a reset in padding must not move the frozen carry
         x = xs if time_major else jnp.moveaxis(xs, -1 if tokens else -2, 0)
 
         def drop(x_tm, k, rate):
@@ -342,6 +398,24 @@ def rnn(
         bidirectional=bidirectional,
         output_size=out_size,
     )
+
+
+def _describe_layer(
+    cell, num_layers, bidirectional, dropout, merge, input_dropout, recurrent_dropout, zoneout
+) -> str:
+    """``rnn(lstm(8), num_layers=2, bidirectional=True)``: the call, defaults left out."""
+    args = [cell_lib.describe_cell(cell)]
+    named = dict(
+        num_layers=(num_layers, 1),
+        bidirectional=(bidirectional, False),
+        dropout=(dropout, 0.0),
+        merge=(merge, "concat"),
+        input_dropout=(input_dropout, 0.0),
+        recurrent_dropout=(recurrent_dropout, 0.0),
+        zoneout=(zoneout, 0.0),
+    )
+    args += [f"{k}={v!r}" for k, (v, default) in named.items() if v != default]
+    return f"rnn({', '.join(args)})"
 
 
 def _time_major_noise(noise, steps):

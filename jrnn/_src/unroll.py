@@ -17,6 +17,7 @@ import numpy as np
 
 from jrnn._src import backends as backends_lib
 from jrnn._src import cell as cell_lib
+from jrnn._src import tree
 from jrnn._src.backends import reference
 from jrnn._src.cell import Array, Cell
 
@@ -59,15 +60,18 @@ def input_size(params: Any) -> int:
 
 def check_inputs(params: Any, xs: Any, time_major: bool) -> tuple[Array, bool, tuple, int]:
     """Validates ``xs``; returns (xs, is_tokens, batch_shape, num_steps)."""
+    expected_form = "float features [batch, time, input_size] or integer tokens [batch, time]"
+    if xs is None:
+        raise TypeError(f"xs must be {expected_form}, got None")
     if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
-        xs = jnp.asarray(xs)
+        try:
+            xs = np.asarray(xs)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"xs must be {expected_form}, got {type(xs).__name__}") from e
     if xs.dtype == jnp.bool_ or not (
         jnp.issubdtype(xs.dtype, jnp.integer) or jnp.issubdtype(xs.dtype, jnp.floating)
     ):
-        raise TypeError(
-            f"xs must be float features [batch, time, input_size] or integer tokens "
-            f"[batch, time], got {_describe(xs)}"
-        )
+        raise TypeError(f"xs must be {expected_form}, got {_describe(xs)}")
     expected = input_size(params)
     tokens = jnp.issubdtype(xs.dtype, jnp.integer)
     if tokens:
@@ -163,6 +167,28 @@ def check_carry(cell: Cell, carry: Any, batch: tuple, name: str = "carry") -> An
     if carry is None:
         return expected
     return check_like(carry, expected, name, f"cell.initial_carry({batch})")
+
+
+def clean_padding(xs_tm: Any, mask: Array | None) -> Any:
+    """Time-major inputs with every padded step replaced by zeros (token id 0).
+
+    Padding may hold anything (NaN features, a PAD id of -1 or ``vocab``). The carry freeze
+    ``where(mask, new, old)`` passes a zero cotangent to the padded steps, but autodiff still
+    multiplies it by the local derivatives there, and ``0 * NaN`` is NaN: one NaN in padding
+    would poison every parameter gradient. Zeroing the padded inputs once, here where the mask
+    is known and before any backend sees them, keeps every backend finite and equal to
+    ``"reference"``; the ``where`` passes no gradient to the padded inputs, as the contract says.
+    Out-of-range token ids at *valid* steps still give NaN (see ``cell.project``).
+    """
+    if mask is None:
+        return xs_tm
+
+    def clean(a):
+        if tuple(a.shape[: mask.ndim]) != tuple(mask.shape):
+            return a
+        return tree.zeros_where_not(mask, a)
+
+    return jax.tree.map(clean, xs_tm)
 
 
 def make_mask(lengths: Array | None, num_steps: int) -> Array | None:
@@ -272,8 +298,30 @@ def run_time_major(
     """Core of ``unroll`` on validated, time-major raw inputs ``xs_tm`` ``[t, b..., i]``.
 
     Layers call this directly (also under ``vmap`` over directions and ``scan`` over layers).
+    Padded steps' inputs are zeroed first (:func:`clean_padding`) and resets there dropped,
+    whatever the backend.
     Returns ``(carry, ys [t, b..., o], carries or None)``.
     """
+    if mask is not None and resets is not None:
+        resets = resets & mask  # a reset in padding must not move the frozen carry
+    return _run_time_major(
+        cell,
+        params,
+        clean_padding(xs_tm, mask),
+        carry0,
+        mask=mask,
+        resets=resets,
+        reverse=reverse,
+        unroll=unroll,
+        backend=backend,
+        return_carries=return_carries,
+        remat=remat,
+    )
+
+
+def _run_time_major(
+    cell, params, xs_tm, carry0, *, mask, resets, reverse, unroll, backend, return_carries, remat
+):
     if reverse:
         resets = reverse_resets(resets)
     k = chunk_size(remat, jax.tree.leaves(xs_tm)[0].shape[0])
@@ -283,7 +331,7 @@ def run_time_major(
 
         def run_chunk(x_c, c0, m_c, r_c):
             del r_c
-            return run_time_major(
+            return _run_time_major(
                 cell,
                 params,
                 x_c,
@@ -294,6 +342,7 @@ def run_time_major(
                 unroll=unroll,
                 backend=backend,
                 return_carries=return_carries,
+                remat=None,
             )
 
         return _run_chunked(run_chunk, xs_tm, carry0, mask, None, reverse, k, return_carries)
@@ -349,15 +398,18 @@ def unroll(
 
     Args:
       cell: a :class:`jrnn.Cell`.
-      params: the cell's params (from ``cell.init``).
+      params: the cell's params (from ``cell.init``); params of another cell, size or option
+        set raise a ValueError naming what they are and what the cell expects.
       xs: float ``[b..., t, i]`` or integer tokens ``[b..., t]`` (one-hot of depth i, computed
         as a row gather of the input weights). With ``time_major=True``: ``[t, b..., i]`` or
         ``[t, b...]``.
       carry: initial carry, the structure of ``cell.initial_carry(b)``; default zeros.
       lengths: int ``[b...]`` in ``[0, t]``. At ``t >= lengths[b]`` outputs are exactly zero,
         the carry is frozen (the final carry is the carry after the last valid step) and no
-        gradient flows from padding. Under ``jit`` with traced lengths, values outside
-        ``[0, t]`` act as clipped.
+        gradient flows from padding. Padding may hold anything (NaN, a PAD id of -1 or i):
+        it is replaced by zeros before any backend sees it, so gradients stay finite and equal
+        on every backend. Under ``jit`` with traced lengths, values outside ``[0, t]`` act as
+        clipped.
       reverse: process each sequence's valid prefix from its last valid element to its first;
         ``ys`` come back in the original time order.
       time_major: whether the time axis comes first in ``xs``, ``resets`` and ``ys``.
@@ -387,6 +439,7 @@ def unroll(
     backend = check_backend(backend)
     unroll_n = cell_lib.check_positive_int(unroll, "unroll")
     remat = check_remat(remat)
+    cell_lib.check_params(cell, params)
     xs, tokens, batch, num_steps = check_inputs(params, xs, time_major)
     lengths = check_lengths(lengths, batch, num_steps)
     resets = check_resets(resets, batch, num_steps, time_major)

@@ -99,7 +99,7 @@ def _min_cell(
         )
 
     def initial_carry(batch_shape) -> Array:
-        return cell_lib.zeros_carry(batch_shape, H)
+        return cell_lib.zeros_carry(batch_shape, H, dtype)
 
     def input_projection(params, x: Array) -> Array:
         return cell_lib.project(params.w_ih, params.b, x, dtype)
