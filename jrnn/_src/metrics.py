@@ -257,4 +257,3 @@ class TensorBoard:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
