@@ -13,7 +13,7 @@ FAST    := not slow and not peers and not tpu
 # pytest exits 5 when a marker selects no test: not a failure for a tier.
 ALLOW_EMPTY := || [ $$? -eq 5 ]
 
-.PHONY: venv data demo test test-slow test-peers lint format bench bench-quick docs clean
+.PHONY: venv data demo test test-slow test-peers test-tpu aot lint format bench bench-quick docs clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,28 @@ test-slow: $(DATA)
 test-peers: $(DATA)
 	$(PIP) install -q -e ".[test,experiments,peers]"
 	$(PYTHON) -m pytest $(PYTEST_ARGS) -m peers tests $(ALLOW_EMPTY)
+
+# libtpu (~900 MB) in its own venv, installed once (stamp file): TPU compiles without a TPU.
+TPU_VENV  ?= .venv-tpu
+TPU_PY    := $(TPU_VENV)/bin/python
+TPU_STAMP := $(TPU_VENV)/.installed
+TPU_ENV   := JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 ALLOW_MULTIPLE_LIBTPU_LOAD=1
+# The jax of the main venv (libtpu must match it); 0.10.2 when that venv is not built yet.
+JAX_VERSION ?= $(shell $(PYTHON) -c 'import jax; print(jax.__version__)' 2>/dev/null || echo 0.10.2)
+
+$(TPU_STAMP): pyproject.toml
+	test -x $(TPU_PY) || $(PY) -m venv $(TPU_VENV)
+	$(TPU_PY) -m pip install -q --upgrade pip
+	$(TPU_PY) -m pip install -q -e ".[test]" "jax[tpu]==$(JAX_VERSION)"
+	touch $(TPU_STAMP)
+
+# Ahead-of-time compiles for v4/v5e/v5p/v6e (docs/backends.md's table; runs/aot.md and .json).
+aot: $(TPU_STAMP)
+	$(TPU_ENV) nice -n 10 $(TPU_PY) -m jrnn.bench.aot --out runs/aot
+
+# The kernels compiled by the real TPU compilers (v5e), checked against their VMEM model.
+test-tpu: $(TPU_STAMP)
+	$(TPU_ENV) nice -n 10 $(TPU_PY) -m pytest -m tpu tests $(ALLOW_EMPTY)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check jrnn tests experiments

@@ -17,7 +17,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 import jrnn
 from jrnn._src import unroll as unroll_lib
-from jrnn._src.backends import pallas, pallas_gpu, pallas_tpu
+from jrnn._src.backends import pallas, pallas_gpu, pallas_tpu, tpu_vmem
 
 BATCH = (2, 2)  # two leading batch dims: the backend flattens them around the kernel
 STEPS = 5
@@ -341,13 +341,24 @@ def test_supports_and_unsupported_cells_raise():
 
 
 def test_block_choices():
-    assert pallas_tpu.batch_block(32) == (32, 32)  # the whole batch: always a legal block
-    assert pallas_tpu.batch_block(384) == (128, 384)
-    assert pallas_tpu.batch_block(200) == (40, 200)
-    assert pallas_tpu.batch_block(201) == (128, 256)  # padded
-    assert pallas_tpu.time_block(256) == (16, 256)
-    assert pallas_tpu.time_block(7) == (7, 7)
-    assert pallas_tpu.time_block(257) == (16, 272)  # prime: padded with masked steps
+    d = pallas_tpu.dims(pallas.kernel_spec(jrnn.lstm(512)))
+    # One-core chip, a small batch: the whole batch in one block, the longest time chunk.
+    p = tpu_vmem.plan(d, 256, 32, "v5e")
+    assert (p.bb, p.bp, p.tc, p.tp) == (32, 32, 16, 256)
+    # Two cores (v5p): the batch is split in two blocks for the parallel grid axis.
+    p = tpu_vmem.plan(d, 256, 32, "v5p")
+    assert (p.bb, p.bp) == (16, 32)
+    p = tpu_vmem.plan(d, 257, 200, "v5e")  # prime t: padded with masked steps
+    assert (p.bb, p.bp, p.tp % p.tc, p.tp - 257 < p.tc) == (200, 200, 0, True) and p.tc >= 4
+    p = tpu_vmem.plan(d, 7, 600, "v6e")
+    assert (p.bb, p.bp, p.tp % p.tc) == (256, 768, 0)  # batch 600: 3 blocks of 256
+    assert max(p.forward_bytes, p.backward_bytes) <= tpu_vmem.budget("v6e")[0]
+    # v4 (16 MiB per core): W_hh of hidden 1024 in float32 (16 MiB) alone does not fit.
+    big = pallas_tpu.dims(pallas.kernel_spec(jrnn.lstm(1024)))
+    assert "16.0 MiB" in tpu_vmem.plan(big, 256, 32, "v4")
+    # An unknown TPU (a CPU host): the smallest budget (v4's).
+    assert isinstance(tpu_vmem.plan(big, 256, 32, None), str)
+    assert isinstance(tpu_vmem.plan(big, 256, 32, "v5e"), tpu_vmem.Plan)
     plan = pallas_gpu._Plan(
         pallas.kernel_spec(jrnn.lstm(512)),
         4,
@@ -397,3 +408,73 @@ def test_exports_and_serializes_per_platform():
         back = export.deserialize(exp(leaves, xs).serialize())
         assert back.platforms == (platform,)
         assert "jrnn_gru_backward" in back.mlir_module()
+
+
+@pytest.mark.parametrize(
+    "name,hidden",
+    [("lstm", 1), ("gru", 7), ("lstm", 130), pytest.param("gru", 1000, marks=pytest.mark.slow)],
+)
+def test_hidden_sizes_equal_reference(name, hidden):
+    """Hidden sizes off the 128-lane grid (the TPU kernel pads h per gate block): outputs, carry
+    and grads w.r.t. params, inputs and carry0 equal the reference, through the interpreter."""
+    cell = getattr(jrnn, name)(hidden)
+    params = cell.init(jax.random.key(0), INPUT)
+    xs = _normal(5, (2, 3, INPUT))
+    carry = jax.tree.map(lambda a: 0.5 * _normal(6, a.shape), cell.initial_carry(2))
+    lengths = jnp.array([3, 1])
+
+    def loss(params, xs, carry, backend):
+        c, ys = jrnn.unroll(cell, params, xs, carry, lengths=lengths, backend=backend)
+        w = jnp.cos(jnp.arange(ys.size, dtype=jnp.float32)).reshape(ys.shape)
+        return jnp.sum(w * ys) + sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(c)), (c, ys)
+
+    f = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    got = _fast(f, params, xs, carry, "pallas", static=(3,))
+    _assert_trees_close(got, _fast(f, params, xs, carry, "reference", static=(3,)), 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["pallas", "auto"])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4)], ids=["steps0", "batch0"])
+def test_empty_sequences_equal_reference(shape, backend):
+    """T = 0 and batch 0: the carry, outputs and grads of "xla" (the scan), no kernel of size
+    zero (the Python-loop reference cannot stack zero steps)."""
+    cell = jrnn.lstm(8)
+    params = cell.init(jax.random.key(0), INPUT)
+    batch, steps = shape
+    xs = _normal(7, (batch, steps, INPUT))
+    carry = jax.tree.map(lambda a: _normal(8, a.shape), cell.initial_carry(batch))
+
+    def loss(params, carry, backend):
+        c, ys = jrnn.unroll(cell, params, xs, carry, backend=backend)
+        return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(c)) + jnp.sum(ys), (c, ys)
+
+    f = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    got, want = f(params, carry, backend), f(params, carry, "xla")
+    assert got[0][1][1].shape == (batch, steps, 8)
+    _assert_trees_close(got, want, 0.0)
+
+
+def test_auto_decides_for_the_target_platform():
+    """One function traced on this CPU host: lowered for TPU, "auto" runs the Pallas kernel
+    where its VMEM model fits (hidden 512) and the scan where it does not (hidden 4096, W_hh
+    64 MiB); lowered for CPU it is the scan; on CPU its values equal "xla"."""
+    tokens = jax.ShapeDtypeStruct((32, 256), jnp.int32)
+    for hidden, kernels in ((512, 2), (4096, 0)):
+        cell = jrnn.lstm(hidden)
+        params = jax.eval_shape(functools.partial(cell.init, input_size=128), jax.random.key(0))
+        assert (pallas.tpu_fits(cell, 256, 32) is None) == (kernels > 0)
+
+        def loss(params, tokens, cell=cell):
+            return jnp.sum(jrnn.unroll(cell, params, tokens)[1])
+
+        traced = jax.jit(jax.value_and_grad(loss)).trace(params, tokens)
+        tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
+        cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+        assert tpu.count("tpu_custom_call") == kernels
+        assert ("stablehlo.while" in tpu) == (kernels == 0)
+        assert "tpu_custom_call" not in cpu and "stablehlo.while" in cpu
+    cell = jrnn.gru(8)
+    params = cell.init(jax.random.key(0), INPUT)
+    xs = _normal(9, (2, STEPS, INPUT))
+    grad = jax.grad(lambda p, b: jnp.sum(jnp.sin(jrnn.unroll(cell, p, xs, backend=b)[1])))
+    _assert_trees_close(grad(params, "auto"), grad(params, "xla"), 0.0)

@@ -30,6 +30,8 @@ def _describe(x: Any) -> str:
 
 
 def _platform() -> str:
+    """The default platform ("cpu", "gpu" or "tpu"): what "auto" runs when lowered for none
+    of the platforms it decides for."""
     return jax.default_backend()
 
 
@@ -207,16 +209,10 @@ def reverse_resets(resets: Array | None) -> Array | None:
 
 
 def resolve_backend(backend: str, cell: Cell, **features) -> backends_lib.Backend:
-    """The backend to run; "auto" picks the platform's first supporting one."""
+    """The backend to run. "auto" decides per target platform (the platform being lowered
+    for, through ``jax.lax.platform_dependent``): see ``backends.auto``."""
     if backend == "auto":
-        order = backends_lib.AUTO_ORDER.get(_platform(), ("xla",))
-        for name in order:
-            if not backends_lib.available(name):
-                continue
-            b = backends_lib.get(name)
-            if b.supports(cell, **features) is None:
-                return b
-        return backends_lib.get("xla")
+        return backends_lib.auto(cell, _platform(), **features)
     b = backends_lib.get(backend)
     reason = b.supports(cell, **features)
     if reason is not None:

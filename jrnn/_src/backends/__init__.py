@@ -11,16 +11,23 @@ Every backend implements one signature over time-major, already projected inputs
     ys      [t, b..., o]; carries: every step's carry, [t, b..., ...], when asked
 
 and declares what it supports with ``supports(cell, **features) -> str | None`` (None when
-supported, else the reason). ``"auto"`` picks the first supporting backend of the platform's
-preference list; an explicit backend that does not support a combination raises
-NotImplementedError with that reason.
+supported, else the reason). ``"auto"`` picks, for each platform, the first backend of that
+platform's preference list that supports the call (and, for the Pallas kernels, whose size
+model says it fits), and switches between the picks with ``jax.lax.platform_dependent``: the
+choice is made for the platform the function is lowered for, not the host that traces it. An
+explicit backend that does not support a combination raises NotImplementedError with that
+reason.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import math
 from collections.abc import Callable
 from typing import NamedTuple
+
+import jax
 
 BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative")
 
@@ -45,12 +52,17 @@ AUTO_ORDER = {
     # Measured (docs/benchmarks.md): on CPU "xla" beats "fused" on 1-layer train steps and the
     # associative scan loses on gradients; the Pallas interpreter is no fast path.
     "cpu": ("xla",),
-    # Not measured (no accelerator so far): the associative scan is plain XLA (no kernel that
-    # might not compile) with O(log t) depth and only takes cells linear in the carry; the
-    # Pallas kernels are not picked until their compile and speed are measured.
+    # Not measured (no GPU so far): the associative scan is plain XLA with O(log t) depth and
+    # only takes cells linear in the carry. The GPU kernel's choice goes here (add "pallas"
+    # and a `gpu_fits(cell, steps, batch)` in pallas.py: `fits` below already calls it).
     "gpu": ("associative", "xla"),
-    "tpu": ("associative", "xla"),
+    # TPU: the Pallas kernel keeps W_hh in VMEM and the whole time loop in one kernel, where
+    # XLA's loop reloads W_hh from HBM every step; compiled (not timed) by libtpu for v4, v5e,
+    # v5p and v6e (docs/backends.md). Picked only where its VMEM model says it fits.
+    "tpu": ("associative", "pallas", "xla"),
 }
+# The platforms "auto" decides for, and the lax.platform_dependent keyword of each.
+PLATFORMS = {"cpu": ("cpu",), "gpu": ("cuda", "rocm"), "tpu": ("tpu",)}
 
 
 def get(name: str) -> Backend:
@@ -68,3 +80,60 @@ def available(name: str) -> bool:
     except (ImportError, AttributeError):
         return False
     return True
+
+
+def _run_for(name: str, platform: str) -> Callable:
+    """The ``run`` of backend ``name`` when lowered for ``platform`` (Pallas: that kernel)."""
+    run = get(name).run
+    if name == "pallas" and platform in ("tpu", "gpu"):
+        run = functools.partial(run, kernel=platform, interpret=False)
+    return run
+
+
+def fits(name: str, platform: str, cell, steps: int, batch: int) -> str | None:
+    """None if backend ``name``'s size model accepts ``steps`` x ``batch`` on ``platform``."""
+    if name != "pallas":
+        return None
+    module = importlib.import_module(_MODULES["pallas"])
+    check = getattr(module, f"{platform}_fits", None)
+    return None if check is None else check(cell, steps, batch)
+
+
+def choose(platform: str, cell, steps: int, batch: int, **features) -> str:
+    """The backend "auto" runs on ``platform`` for this call (a name from ``AUTO_ORDER``)."""
+    for name in AUTO_ORDER.get(platform, ("xla",)):
+        if not available(name) or get(name).supports(cell, **features) is not None:
+            continue
+        if fits(name, platform, cell, steps, batch) is None:
+            return name
+    return "xla"
+
+
+def auto(cell, default_platform: str, **features) -> Backend:
+    """The ``"auto"`` backend: per target platform, :func:`choose`'s pick.
+
+    Its ``run`` switches with ``jax.lax.platform_dependent`` between the picks when they
+    differ, so a function traced on a CPU host and lowered for TPU runs the TPU pick;
+    ``default_platform`` (the default backend) covers platforms not named here.
+    """
+
+    def run(cell, params, xp, carry0, *, mask, resets, reverse, unroll, return_carries):
+        steps, batch = xp.shape[0], math.prod(xp.shape[1:-1])
+        picks = {p: choose(p, cell, steps, batch, **features) for p in PLATFORMS}
+        kw = dict(reverse=reverse, unroll=unroll, return_carries=return_carries)
+
+        def branch(platform):
+            run_p = _run_for(picks[platform], platform)
+            return lambda params, xp, carry0, mask, resets: run_p(
+                cell, params, xp, carry0, mask=mask, resets=resets, **kw
+            )
+
+        default = default_platform if default_platform in PLATFORMS else "cpu"
+        if len({(picks[p], p if picks[p] == "pallas" else "") for p in PLATFORMS}) == 1:
+            return branch(default)(params, xp, carry0, mask, resets)
+        branches = {key: branch(p) for p, keys in PLATFORMS.items() for key in keys}
+        return jax.lax.platform_dependent(
+            params, xp, carry0, mask, resets, default=branch(default), **branches
+        )
+
+    return Backend("auto", run, lambda cell, **features: None)

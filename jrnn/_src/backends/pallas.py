@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jrnn._src.backends import pallas_gpu, pallas_tpu
+from jrnn._src.backends import pallas_gpu, pallas_tpu, tpu_vmem, xla
 
 SUPPORTED_CELLS = ("lstm", "gru", "elman", "seed_rnn")
 _DTYPES = ("float32", "bfloat16")
@@ -93,6 +93,28 @@ def supports(cell, **features) -> str | None:
     return None
 
 
+def tpu_fits(cell, steps: int, batch: int, generation: str | None = None) -> str | None:
+    """None if the TPU kernels' VMEM model fits ``steps`` x ``batch`` (flat), else the reason.
+
+    ``generation`` is ``"v4" | "v5e" | "v5p" | "v6e"``; None: the one targeted with
+    ``tpu_vmem.target``, else the attached TPU's, else the smallest budget of all.
+
+    Example:
+      >>> import jrnn
+      >>> from jrnn._src.backends import pallas
+      >>> pallas.tpu_fits(jrnn.lstm(512), 256, 32, "v5e") is None
+      True
+      >>> "VMEM" in pallas.tpu_fits(jrnn.lstm(4096), 256, 32, "v5e")
+      True
+    """
+    reason = supports(cell)
+    if reason is not None:
+        return reason
+    gen = generation if generation is not None else tpu_vmem.generation()
+    found = tpu_vmem.plan(pallas_tpu.dims(kernel_spec(cell)), steps, batch, gen)
+    return found if isinstance(found, str) else None
+
+
 def kernel_spec(cell) -> KernelSpec:
     """The :class:`KernelSpec` of a supported cell."""
     two = cell.name == "lstm"
@@ -143,7 +165,16 @@ def make_vjp(module, spec: KernelSpec, *, reverse: bool, return_carries: bool, *
         w, bias, xp, carry0, maskf, resetf, carries = res
         dcarry, dys, dcarries = cts
         prev = _previous_carries(carries, carry0, resetf, reverse)
-        dxp, dhp, dcarry0 = bwd_kernel(w, bias, xp, prev, maskf, resetf, dys, dcarries, dcarry)
+        args = (w, bias, xp, prev, maskf, resetf, dys, dcarries, dcarry)
+        if getattr(module, "PRECOMPUTED_HP", False):
+            # Every step's h @ W_hh as one matmul: the backward loop keeps one dependent
+            # matmul per step (dhp @ W_hh^T).
+            hp = jnp.einsum(
+                "tbh,hg->tbg", prev[0].astype(spec.dtype), w, preferred_element_type=jnp.float32
+            )
+            hp = hp if bias is None else hp + bias.reshape(1, 1, -1)
+            args = (w, bias, xp, hp, *args[3:])
+        dxp, dhp, dcarry0 = bwd_kernel(*args)
         dhp = dxp if dhp is None else dhp
         dw = jnp.einsum(
             "tbh,tbg->hg",
@@ -245,6 +276,19 @@ def run(
     spec = kernel_spec(cell)
     steps, batch = xp.shape[0], tuple(xp.shape[1:-1])
     flat_b = math.prod(batch)
+    if steps == 0 or flat_b == 0:
+        # Nothing to loop over: exactly what the scan returns (no kernel of size zero).
+        return xla.run(
+            cell,
+            params,
+            xp,
+            carry0,
+            mask=mask,
+            resets=resets,
+            reverse=reverse,
+            unroll=1,
+            return_carries=return_carries,
+        )
     leaves, treedef = jax.tree.flatten(carry0)
     c0 = tuple(a.reshape(flat_b, a.shape[-1]).astype(jnp.float32) for a in leaves)
     xp3 = xp.reshape(steps, flat_b, xp.shape[-1]).astype(jnp.float32)

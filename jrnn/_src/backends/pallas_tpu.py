@@ -32,35 +32,60 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-MAX_BLOCK_BATCH = 128
-MAX_BLOCK_TIME = 16
+from jrnn._src.backends import tpu_vmem
+
 _F32 = jnp.float32
+# The backward kernel takes every step's ``h @ W_hh [+ b_hh]`` precomputed (see backward).
+PRECOMPUTED_HP = True
 
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def batch_block(b: int, requested: int | None = None) -> tuple[int, int]:
-    """``(block, padded batch)``: the whole batch if small, else a multiple of 8."""
-    if requested is not None:
-        return int(requested), _round_up(b, int(requested))
-    if b <= MAX_BLOCK_BATCH:
-        return b, b
-    for bb in range(MAX_BLOCK_BATCH, 7, -8):
-        if b % bb == 0:
-            return bb, b
-    return MAX_BLOCK_BATCH, _round_up(b, MAX_BLOCK_BATCH)
+def dims(spec) -> tpu_vmem.Dims:
+    """The widths of ``spec`` (after padding h to 128 lanes) the VMEM model needs."""
+    spec = _Lanes(spec).spec
+    return tpu_vmem.Dims(
+        hidden=spec.hidden,
+        width=spec.width,
+        output=spec.output,
+        num_carry=spec.num_carry,
+        itemsize=jnp.dtype(spec.dtype).itemsize,
+        has_bias=spec.has_bias,
+        hp_is_xp=spec.hp_is_xp,
+    )
 
 
-def time_block(t: int, requested: int | None = None) -> tuple[int, int]:
-    """``(chunk, padded time)``: a divisor of t up to 16, or 16 with masked padding steps."""
-    if requested is not None:
-        return int(requested), _round_up(t, int(requested))
-    best = max(d for d in range(1, min(t, MAX_BLOCK_TIME) + 1) if t % d == 0)
-    if best >= 4 or t <= MAX_BLOCK_TIME:
-        return best, t
-    return MAX_BLOCK_TIME, _round_up(t, MAX_BLOCK_TIME)
+def layout_plan(spec, steps: int, batch: int, *, block_batch=None, block_time=None):
+    """The :class:`tpu_vmem.Plan` of a call: the VMEM model's, or the requested blocks.
+
+    When nothing fits, the reason (a str) is returned unless blocks are requested.
+    """
+    gen = tpu_vmem.generation()
+    d = dims(spec)
+    found = tpu_vmem.plan(d, steps, batch, gen)
+    if block_batch is None and block_time is None:
+        return found
+    bb = (
+        int(block_batch)
+        if block_batch is not None
+        else (found.bb if isinstance(found, tpu_vmem.Plan) else min(batch, 8))
+    )
+    tc = (
+        int(block_time)
+        if block_time is not None
+        else (found.tc if isinstance(found, tpu_vmem.Plan) else 1)
+    )
+    return tpu_vmem.Plan(
+        bb,
+        _round_up(batch, bb),
+        tc,
+        _round_up(steps, tc),
+        tpu_vmem.forward_bytes(d, tc, bb),
+        tpu_vmem.backward_bytes(d, tc, bb),
+        gen,
+    )
 
 
 def pad(arrays, steps: int, batch: int, t_axis=0, b_axis=1):
@@ -145,12 +170,11 @@ def _forward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, emi
         ref[...] = c
 
 
-def _backward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, has_dcs):
+def _backward_kernel(*refs, spec, tc, reverse, has_mask, has_reset, has_dcs):
     nc = spec.num_carry
     refs = list(refs)
-    w_ref, *rest = _take(refs, 2 if has_bias else 1)
-    b_ref = rest[0] if has_bias else None
-    (xp_ref,) = _take(refs, 1)
+    (w_ref,) = _take(refs, 1)  # b_hh is inside the precomputed hp
+    xp_ref, hp_ref = _take(refs, 2)
     prev_refs = _take(refs, nc)
     (dys_ref,) = _take(refs, 1)
     dcs_refs = _take(refs, nc) if has_dcs else []
@@ -177,8 +201,7 @@ def _backward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, ha
         if has_dcs:
             dnew = tuple(d + r[t] for d, r in zip(dcarry, dcs_refs, strict=True))
         carry = tuple(r[t] for r in prev_refs)
-        hp = hidden(spec, carry[0], w_ref[...], None if b_ref is None else b_ref[...])
-        _, vjp = jax.vjp(spec.gates, carry, xp_ref[t], hp)
+        _, vjp = jax.vjp(spec.gates, carry, xp_ref[t], hp_ref[t])
         dc_in, dx, dh = vjp((dnew, dys_ref[t]))
         dc_in = (dc_in[0] + hidden_t(spec, dh, w_ref[...]), *dc_in[1:])
         if m_ref is not None:
@@ -203,26 +226,34 @@ def _backward_kernel(*refs, spec, tc, reverse, has_bias, has_mask, has_reset, ha
         ref[...] = v
 
 
-def _compiler_params(vmem_bytes: int):
-    limit = None
-    if vmem_bytes > 12 * 2**20:
-        # 56 MiB: under the 64 MiB of VMEM of the smallest current TPU core (v7x).
-        limit = int(min(vmem_bytes * 1.25 + 4 * 2**20, 56 * 2**20))
+def _compiler_params(model_bytes: int, gen: str | None):
     return pltpu.CompilerParams(
-        dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=limit
+        dimension_semantics=("parallel", "arbitrary"),
+        vmem_limit_bytes=tpu_vmem.vmem_limit(model_bytes, gen),
     )
 
 
 class _Layout:
-    """Block sizes, grid and BlockSpecs shared by the forward and backward kernels."""
+    """Block sizes (from the VMEM model), grid and BlockSpecs shared by both kernels."""
 
-    def __init__(self, spec, steps, batch, *, block_batch, block_time, reverse):
-        self.bb, self.bp = batch_block(batch, block_batch)
-        self.tc, self.tp = time_block(steps, block_time)
+    def __init__(self, spec, steps, batch, *, block_batch, block_time, reverse, interpret):
+        found = layout_plan(spec, steps, batch, block_batch=block_batch, block_time=block_time)
+        if isinstance(found, str):
+            if not interpret and tpu_vmem.generation() is not None:
+                # A TPU is attached (or targeted): fail now with the reason, not in Mosaic.
+                raise NotImplementedError(f"backend='pallas' does not fit this call: {found}")
+            # Interpreted, or lowered for an unknown TPU from a CPU host: the smallest blocks.
+            found = layout_plan(spec, steps, batch, block_batch=min(batch, 8), block_time=1)
+        self.plan = found
+        self.bb, self.bp, self.tc, self.tp = found.bb, found.bp, found.tc, found.tp
         self.nb, self.nt = self.bp // self.bb, self.tp // self.tc
         nt = self.nt
         self.tix = (lambda j: nt - 1 - j) if reverse else (lambda j: j)
         self.spec = spec
+
+    def params(self, backward: bool):
+        p = self.plan
+        return _compiler_params(p.backward_bytes if backward else p.forward_bytes, p.generation)
 
     def whole(self, shape):
         # Same block at every grid step: one VMEM buffer, filled once.
@@ -234,12 +265,8 @@ class _Layout:
     def chunk(self, width):
         return pl.BlockSpec((self.tc, self.bb, width), lambda i, j: (self.tix(j), i, 0))
 
-    def vmem(self, w, widths):
-        per_chunk = sum(self.tc * self.bb * max(x, 128) * 4 for x in widths)
-        return w.size * w.dtype.itemsize + 2 * per_chunk
 
-
-def forward(
+def _forward(
     spec,
     w,
     bias,
@@ -257,7 +284,15 @@ def forward(
     """Forward kernel. Returns ``(carry tuple [b, h], ys [t, b, o], carries tuple or None)``."""
     T, B, G = xp.shape
     H, out, nc = spec.hidden, spec.output, spec.num_carry
-    lay = _Layout(spec, T, B, block_batch=block_batch, block_time=block_time, reverse=reverse)
+    lay = _Layout(
+        spec,
+        T,
+        B,
+        block_batch=block_batch,
+        block_time=block_time,
+        reverse=reverse,
+        interpret=interpret,
+    )
     maskf = pad_mask(maskf, lay.tp, lay.bp, T, B)
     xp, resetf = pad([xp, resetf], lay.tp, lay.bp)
     carry0 = pad(carry0, 0, lay.bp, t_axis=None, b_axis=0)
@@ -296,7 +331,7 @@ def forward(
         grid=(lay.nb, lay.nt),
         in_specs=specs,
         out_specs=out_specs,
-        compiler_params=_compiler_params(lay.vmem(w, [G, out, 1, 1] + [H] * nc * 2)),
+        compiler_params=lay.params(backward=False),
         interpret=interpret,
         name=f"jrnn_{spec.name}_forward",
     )(*inputs)
@@ -306,11 +341,12 @@ def forward(
     return carry, ys, carries
 
 
-def backward(
+def _backward(
     spec,
     w,
     bias,
     xp,
+    hp,
     prev,
     maskf,
     resetf,
@@ -323,27 +359,28 @@ def backward(
     block_batch: int | None = None,
     block_time: int | None = None,
 ):
-    """Backward kernel. Returns ``(dxp [t, b, g], dhp [t, b, g] or None, dcarry0 tuple)``.
-
-    ``prev`` holds the carry entering every step (after resets), ``dys`` the output
-    cotangents, ``dcarries`` those of the returned carries (or None), ``dcarry`` that of the
-    final carry.
-    """
+    """The backward kernel on lane-padded arrays (see :func:`backward`)."""
     T, B, G = xp.shape
     H, out, nc = spec.hidden, spec.output, spec.num_carry
     # The backward walks time the other way round: its chunk order is the forward's reversed.
-    lay = _Layout(spec, T, B, block_batch=block_batch, block_time=block_time, reverse=not reverse)
+    lay = _Layout(
+        spec,
+        T,
+        B,
+        block_batch=block_batch,
+        block_time=block_time,
+        reverse=not reverse,
+        interpret=interpret,
+    )
     maskf = pad_mask(maskf, lay.tp, lay.bp, T, B)
-    xp, resetf, dys = pad([xp, resetf, dys], lay.tp, lay.bp)
+    xp, hp, resetf, dys = pad([xp, hp, resetf, dys], lay.tp, lay.bp)
     prev = pad(prev, lay.tp, lay.bp)
     dcarries = None if dcarries is None else pad(dcarries, lay.tp, lay.bp)
     dcarry = pad(dcarry, 0, lay.bp, t_axis=None, b_axis=0)
+    del bias  # inside hp
     inputs, specs = [w], [lay.whole(w.shape)]
-    if bias is not None:
-        inputs.append(bias)
-        specs.append(lay.whole(bias.shape))
-    inputs += [xp, *prev, dys]
-    specs += [lay.chunk(G)] + [lay.chunk(H)] * nc + [lay.chunk(out)]
+    inputs += [xp, hp, *prev, dys]
+    specs += [lay.chunk(G)] * 2 + [lay.chunk(H)] * nc + [lay.chunk(out)]
     if dcarries is not None:
         inputs += list(dcarries)
         specs += [lay.chunk(H)] * nc
@@ -366,7 +403,6 @@ def backward(
         spec=spec,
         tc=lay.tc,
         reverse=reverse,
-        has_bias=bias is not None,
         has_mask=maskf is not None,
         has_reset=resetf is not None,
         has_dcs=dcarries is not None,
@@ -377,7 +413,7 @@ def backward(
         grid=(lay.nb, lay.nt),
         in_specs=specs,
         out_specs=out_specs,
-        compiler_params=_compiler_params(lay.vmem(w, [G, G, out, 1, 1] + [H] * nc * 2)),
+        compiler_params=lay.params(backward=True),
         interpret=interpret,
         name=f"jrnn_{spec.name}_backward",
     )(*inputs)
@@ -390,3 +426,105 @@ def backward(
     if resetf is not None:
         dc0 = tuple(d + a[:B] for d, a in zip(dc0, outs[k + nc :], strict=True))
     return dxp, dhp, dc0
+
+
+# ------------------------------------------------------------------ hidden padded to 128 lanes
+
+_PADDED = ("lstm", "gru", "elman")  # gates split xp/hp into equal blocks of h
+
+
+class _Lanes:
+    """Pads h to a multiple of 128 lanes (each gate block of ``xp``/``W_hh`` separately).
+
+    Padded lanes stay exactly zero: their inputs, weights and initial carry are zero, and the
+    cells' gates map a zero pre-activation and zero state to a zero state (LSTM: c = 0.5 c +
+    0.5 tanh 0, h = 0.5 tanh c; GRU: h = 0.5 tanh 0 + 0.5 h; elman: tanh/relu 0). No real lane
+    reads a padded one (the padded rows of W_hh are zero), so values and gradients are those
+    of the unpadded cell. seed_rnn (gate blocks of two sizes) is not padded.
+    """
+
+    def __init__(self, spec):
+        H = spec.hidden
+        self.on = spec.name in _PADDED and H % tpu_vmem.LANES != 0
+        self.H, self.k = H, spec.width // H
+        self.Hp = tpu_vmem.lanes(H) if self.on else H
+        self.spec = (
+            spec._replace(hidden=self.Hp, width=self.k * self.Hp, output=self.Hp)
+            if self.on
+            else spec
+        )
+
+    def hid(self, a):
+        if not self.on or a is None:
+            return a
+        widths = [(0, 0)] * (a.ndim - 1) + [(0, self.Hp - self.H)]
+        return jnp.pad(a, widths)
+
+    def gates(self, a):
+        if not self.on or a is None:
+            return a
+        blocks = a.reshape(*a.shape[:-1], self.k, self.H)
+        return self.hid(blocks).reshape(*a.shape[:-1], self.k * self.Hp)
+
+    def weights(self, w):
+        if not self.on:
+            return w
+        return jnp.pad(self.gates(w), ((0, self.Hp - self.H), (0, 0)))
+
+    def unhid(self, a):
+        return a if not self.on or a is None else a[..., : self.H]
+
+    def ungates(self, a):
+        if not self.on or a is None:
+            return a
+        blocks = a.reshape(*a.shape[:-1], self.k, self.Hp)[..., : self.H]
+        return blocks.reshape(*a.shape[:-1], self.k * self.H)
+
+
+def forward(spec, w, bias, xp, carry0, maskf, resetf, **kw):
+    """Forward kernel. Returns ``(carry tuple [b, h], ys [t, b, o], carries tuple or None)``.
+
+    ``kw``: ``reverse``, ``emit_carries``, ``interpret``, ``block_batch``, ``block_time``.
+    """
+    ln = _Lanes(spec)
+    carry, ys, carries = _forward(
+        ln.spec,
+        ln.weights(w),
+        ln.gates(bias),
+        ln.gates(xp),
+        tuple(ln.hid(c) for c in carry0),
+        maskf,
+        resetf,
+        **kw,
+    )
+    carry = tuple(ln.unhid(c) for c in carry)
+    carries = None if carries is None else tuple(ln.unhid(c) for c in carries)
+    return carry, ln.unhid(ys), carries
+
+
+def backward(spec, w, bias, xp, hp, prev, maskf, resetf, dys, dcarries, dcarry, **kw):
+    """Backward kernel. Returns ``(dxp [t, b, g], dhp [t, b, g] or None, dcarry0 tuple)``.
+
+    ``hp`` ``[t, b, g]`` is ``prev h @ W_hh [+ b_hh]`` for every step, computed before the
+    kernel as one matmul, so that each step of the reverse loop has one dependent matmul
+    (``dhp @ W_hh^T``). ``prev`` holds the carry entering every step (after resets), ``dys``
+    the output cotangents, ``dcarries`` those of the returned carries (or None), ``dcarry``
+    that of the final carry. ``kw``: ``reverse``, ``interpret``, ``block_batch``,
+    ``block_time``.
+    """
+    ln = _Lanes(spec)
+    dxp, dhp, dc0 = _backward(
+        ln.spec,
+        ln.weights(w),
+        None,
+        ln.gates(xp),
+        ln.gates(hp),
+        tuple(ln.hid(c) for c in prev),
+        maskf,
+        resetf,
+        ln.hid(dys),
+        None if dcarries is None else tuple(ln.hid(c) for c in dcarries),
+        tuple(ln.hid(c) for c in dcarry),
+        **kw,
+    )
+    return ln.ungates(dxp), ln.ungates(dhp), tuple(ln.unhid(c) for c in dc0)
