@@ -22,7 +22,7 @@ import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
-BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative")
+BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative", "cpu")
 
 
 class Backend(NamedTuple):
@@ -38,6 +38,7 @@ _MODULES = {
     "fused": "jrnn._src.backends.fused",
     "pallas": "jrnn._src.backends.pallas",
     "associative": "jrnn._src.backends.associative",
+    "cpu": "jrnn._src.backends.cpu",
 }
 
 # Preference order of "auto" per platform, from docs/backends.md's measurements.
