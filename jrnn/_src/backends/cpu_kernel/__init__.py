@@ -1,7 +1,8 @@
 """Builds and loads the C++ kernel of the ``"cpu"`` backend (``rnn_kernel.cc`` beside this file).
 
 On first use the source that ships inside the package is compiled with the system C++ compiler
-(``$JRNN_CXX``, else ``$CXX``, else ``g++``/``c++``) with ``-O3 -march=native`` into a cache
+(``$JRNN_CXX``, else ``$CXX``, else ``g++``/``c++``) with ``-O3 -march=native`` (plus
+``$JRNN_CXXFLAGS``, e.g. ``-mno-avx512f`` to build the AVX2 path) into a cache
 directory (``$JRNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/jrnn``, else ``~/.cache/jrnn``). The file
 name is a hash of the source, the compiler, its flags, the jax version and this CPU's feature
 flags, so a changed source, compiler or machine builds again and two machines sharing a home
@@ -19,6 +20,7 @@ import ctypes
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -67,10 +69,15 @@ def _cpu_flags() -> str:
     return ""
 
 
+def flags() -> tuple[str, ...]:
+    """The compiler flags: :data:`FLAGS` then ``$JRNN_CXXFLAGS``."""
+    return FLAGS + tuple(shlex.split(os.environ.get("JRNN_CXXFLAGS", "")))
+
+
 def library_path(cxx: str) -> Path:
     """The cache file for this source, compiler, flags, jax version and CPU."""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cxx.encode(), " ".join(FLAGS).encode()):
+    for part in (SOURCE.read_bytes(), cxx.encode(), " ".join(flags()).encode()):
         h.update(part)
         h.update(b"\0")
     h.update(jax.__version__.encode())
@@ -92,7 +99,7 @@ def build(cxx: str, out: Path) -> None:
         fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=out.parent)
         os.close(fd)
         try:
-            cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+            cmd = [cxx, *flags(), "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip()[-1500:]
