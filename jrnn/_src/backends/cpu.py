@@ -5,11 +5,11 @@ its threads every step, and cannot fuse the gate math into it. This backend runs
 of one layer and direction inside one custom call (``cpu_kernel/rnn_kernel.cc``):
 
 * forward: ``W_hh`` is packed once per call into panels (for every row k, the gate columns of
-  V hidden units side by side); each thread owns a range of hidden units and per step computes
-  ``h_{t-1} W_hh`` for its units with a register-blocked micro-kernel, applies the gates to the
-  accumulators in registers and writes its part of ``h_t``: one barrier per step, no
-  ``[t, b, g]`` round trip through memory. With gradients, it also saves the activated gates
-  and the carry entering every step.
+  V hidden units side by side); a step's work items are the panels: ``h_{t-1}`` times the panel
+  with a register-blocked micro-kernel, the gates applied to the accumulators in registers, the
+  panel's units of ``h_t`` written. Threads claim items in order; a step starts once the previous
+  one is done (no ``[t, b, g]`` round trip through memory, no per-thread barrier). With
+  gradients, it also saves the activated gates and the carry entering every step.
 * backward (``jax.custom_vjp``): a second call runs the reverse loop, one dependent
   ``dz_t W_hh^T`` per step with ``W_hh^T`` packed once, and returns ``dz`` (the cotangent of
   ``xp``); ``dW_hh`` is then one ``[h, t b] x [t b, g]`` einsum.

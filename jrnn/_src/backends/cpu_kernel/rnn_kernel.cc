@@ -4,14 +4,15 @@
 // independent problem stacked on the leading axes):
 //
 //   jrnn_rnn_fwd: per step, the recurrent GEMM h_{t-1} W_hh and the cell's gate math fused:
-//     each thread owns a contiguous range of hidden units; it multiplies the full h_{t-1} by its
-//     own panels of W_hh (packed once per call: for every k, the NG gate columns of V units lie
-//     side by side), applies the gates to the accumulators while they are in registers and
-//     writes its units of h_t. One barrier per step (h_t is read by every thread next step).
-//   jrnn_rnn_bwd: the reverse loop. Per step each thread turns the carry cotangent of its units
-//     into the gate pre-activation cotangents dz (pointwise, from the saved activated gates),
-//     then after one barrier multiplies dz by its panels of W_hh^T (packed once per call) to get
-//     the carry cotangent entering the step. dW_hh is one big GEMM outside (jnp.einsum).
+//     W_hh is packed once per call into panels (for every k, the NG gate columns of V hidden
+//     units side by side); the work item of a step is one panel: it multiplies the full h_{t-1}
+//     by the panel, applies the gates to the accumulators while they are in registers and writes
+//     its units of h_t. Threads claim items in order; a step's items start once the previous
+//     step's are all done (one counter, no per-thread barrier).
+//   jrnn_rnn_bwd: the reverse loop. Per step and panel of hidden units: the previous step's dz
+//     times the panel of W_hh^T (packed once per call) gives the carry cotangent of these units,
+//     then the pointwise gate derivatives (from the saved activated gates) give this step's dz.
+//     dW_hh is one big GEMM outside (jnp.einsum).
 //
 // Cells (attribute `cell`): 0 LSTM (gates i, f, g, o), 1 GRU reset-after (r, z, n),
 // 2 Elman tanh, 3 Elman relu, 4 the lecture's seed cell (y = relu, s = tanh; its `extra` output
@@ -127,30 +128,6 @@ inline vf vtanh(vf x) {
 inline vf vrelu(vf x) { return vsel(x < 0.0f, splat(0.0f), x); }
 
 // ------------------------------------------------------------------ threads
-
-// A spinning barrier for the threads of one call; it yields the core after a while so that a
-// loaded machine does not starve the thread being waited for.
-struct Barrier {
-  std::atomic<int> count{0};
-  std::atomic<int> phase{0};
-  int n = 1;
-  void wait() {
-    if (n <= 1) return;
-    int ph = phase.load(std::memory_order_acquire);
-    if (count.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
-      count.store(0, std::memory_order_relaxed);
-      phase.store(ph + 1, std::memory_order_release);
-      return;
-    }
-    for (int spin = 0; phase.load(std::memory_order_acquire) == ph; ++spin) {
-      if (spin < 4000) {
-        __builtin_ia32_pause();
-      } else {
-        sched_yield();
-      }
-    }
-  }
-};
 
 // Persistent workers; the calling thread is thread 0. One call at a time.
 class Pool {
@@ -289,6 +266,46 @@ struct Dims {
   int64_t G = 1, T = 0, B = 0, H = 0, GW = 0, E = 0, O = 0;
 };
 
+// ------------------------------------------------------------------ scheduling
+
+// The work of a call is a sequence of phases (packing, then one per time step), each split into
+// `np` items (panels of V hidden units). Threads claim items in order from one counter; an item
+// of phase k starts once every item of phases < k is complete (one counter of completed items).
+// No thread waits for a particular other thread: on a loaded machine, whichever threads run
+// make progress, and a step only waits for the items already claimed.
+struct Schedule {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> completed{0};
+};
+
+inline void wait_until(const std::atomic<int64_t>& c, int64_t target) {
+  for (int spin = 0; c.load(std::memory_order_acquire) < target; ++spin) {
+    if (spin < 4000) {
+      __builtin_ia32_pause();
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+// Runs f(phase, item) for every phase < phases and item < np, phases in order.
+template <typename F>
+void run_items(int nt, int64_t phases, int64_t np, F&& f) {
+  Schedule sch;
+  const int64_t total = phases * np;
+  std::function<void(int)> job = [&](int) {
+    for (;;) {
+      const int64_t i = sch.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= total) return;
+      const int64_t ph = i / np;
+      wait_until(sch.completed, ph * np);
+      f(ph, i % np);
+      sch.completed.fetch_add(1, std::memory_order_release);
+    }
+  };
+  pool().run(nt, job);
+}
+
 // ------------------------------------------------------------------ forward
 
 struct FwdArgs {
@@ -300,154 +317,150 @@ struct FwdArgs {
   bool reverse;
 };
 
+// Phase 0 packs item `it`'s panel (and sets its units of the first carry); phase s + 1 runs
+// step s (in processing order) of that panel. Items: unit panels, then extra-column panels.
 template <int NG>
-void fwd_thread(const Dims& d, const FwdArgs& a, int tid, int nt, Barrier& bar, float* packed,
-                float* hbuf, float* cbuf) {
+void fwd_item(const Dims& d, const FwdArgs& a, float* packed, float* hbuf, float* cbuf,
+              int64_t phase, int64_t it) {
   const int64_t T = d.T, B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
-  const int64_t npu = (H + V - 1) / V, npe = (E + V - 1) / V;
-  const auto [p0, p1] = split(npu, nt, tid);
-  const auto [q0, q1] = split(npe, nt, tid);
+  const int64_t npu = (H + V - 1) / V;
   const int64_t S = saved_width(a.cell, H, E);
   const bool lstm = a.cell == kLstm;
-  // Pack this thread's panels: unit panel p at packed + p*H*NG*V, [k][g][lane];
-  // extra panel q after all unit panels, [k][lane].
-  for (int64_t p = p0; p < p1; ++p) {
-    float* dst = packed + p * H * NG * V;
-    for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < NG; ++g)
-        for (int l = 0; l < V; ++l) {
-          int64_t u = p * V + l;
-          dst[(k * NG + g) * V + l] = u < H ? a.w[k * GW + E + g * H + u] : 0.0f;
-        }
-  }
   float* packed_e = packed + npu * H * NG * V;
-  for (int64_t q = q0; q < q1; ++q) {
-    float* dst = packed_e + q * H * V;
-    for (int64_t k = 0; k < H; ++k)
-      for (int l = 0; l < V; ++l) {
-        int64_t e = q * V + l;
-        dst[k * V + l] = e < E ? a.w[k * GW + e] : 0.0f;
+  if (phase == 0) {
+    if (it < npu) {  // unit panel p: [k][g][lane]
+      const int64_t p = it;
+      float* dst = packed + p * H * NG * V;
+      for (int64_t k = 0; k < H; ++k)
+        for (int g = 0; g < NG; ++g)
+          for (int l = 0; l < V; ++l) {
+            int64_t u = p * V + l;
+            dst[(k * NG + g) * V + l] = u < H ? a.w[k * GW + E + g * H + u] : 0.0f;
+          }
+      // The carry entering the first step (a reset there restarts from carry0 as well).
+      const int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
+      for (int64_t b = 0; b < B; ++b) {
+        std::memcpy(hbuf + b * H + u0, a.h0 + b * H + u0, nv * sizeof(float));
+        if (lstm) std::memcpy(cbuf + b * H + u0, a.c0 + b * H + u0, nv * sizeof(float));
       }
-  }
-  // The carry entering the first step (a reset there restarts from carry0 as well).
-  for (int64_t p = p0; p < p1; ++p) {
-    int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
-    for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(hbuf + b * H + u0, a.h0 + b * H + u0, nv * sizeof(float));
-      if (lstm) std::memcpy(cbuf + b * H + u0, a.c0 + b * H + u0, nv * sizeof(float));
-    }
-  }
-  bar.wait();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = a.reverse ? T - 1 - s : s;
-    const bool last = s == T - 1;
-    const int64_t tn = a.reverse ? t - 1 : t + 1;  // next step processed
-    const float* hcur = hbuf + (s & 1) * B * H;
-    float* hnext = hbuf + ((s + 1) & 1) * B * H;
-    const float* xt = a.xp + t * B * GW;
-    const uint8_t* mt = a.mask + t * B;
-    const uint8_t* rn = last ? nullptr : a.resets + tn * B;
-    // Unit panels: GEMM + gates.
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t u0 = p * V;
-      const int nv = (int)std::min<int64_t>(V, H - u0);
-      const float* panel = packed + p * H * NG * V;
-      row_blocks<NG>(B, [&]<int MB>(int64_t r0) {
-        const float* rows[MB];
-        for (int r = 0; r < MB; ++r) rows[r] = hcur + (r0 + r) * H;
-        vf acc[NG][MB];
-        micro<NG, MB>(rows, H, panel, acc);
-        for (int r = 0; r < MB; ++r) {
-          const int64_t b = r0 + r;
-          const float* x = xt + b * GW + E + u0;
-          const bool m = mt[b] != 0;
-          const vf hp = loadp(hcur + b * H + u0, nv);
-          vf hn, cn = {}, cp = {}, y;
-          float* sv = a.want_save ? a.sv + (t * B + b) * S + E + u0 : nullptr;
-          if (a.cell == kLstm) {
-            cp = loadp(cbuf + b * H + u0, nv);
-            vf i = vsigmoid(acc[0][r] + loadp(x, nv));
-            vf f = vsigmoid(acc[1 % NG][r] + loadp(x + H, nv));
-            vf g = vtanh(acc[2 % NG][r] + loadp(x + 2 * H, nv));
-            vf o = vsigmoid(acc[3 % NG][r] + loadp(x + 3 * H, nv));
-            vf c = f * cp + i * g;
-            vf h = o * vtanh(c);
-            if (sv) {
-              storep(sv, i, nv);
-              storep(sv + H, f, nv);
-              storep(sv + 2 * H, g, nv);
-              storep(sv + 3 * H, o, nv);
-            }
-            hn = m ? h : hp;
-            cn = m ? c : cp;
-            y = m ? h : vf{};
-          } else if (a.cell == kGru) {
-            vf br = {}, bz = {}, bn = {};
-            if (a.has_bh) {
-              br = loadp(a.bh + u0, nv);
-              bz = loadp(a.bh + H + u0, nv);
-              bn = loadp(a.bh + 2 * H + u0, nv);
-            }
-            vf hr = acc[0][r] + br, hz = acc[1 % NG][r] + bz, hnn = acc[2 % NG][r] + bn;
-            vf rg = vsigmoid(loadp(x, nv) + hr);
-            vf zg = vsigmoid(loadp(x + H, nv) + hz);
-            vf ng = vtanh(loadp(x + 2 * H, nv) + rg * hnn);
-            vf h = ng + zg * (hp - ng);
-            if (sv) {
-              storep(sv, rg, nv);
-              storep(sv + H, zg, nv);
-              storep(sv + 2 * H, ng, nv);
-              storep(sv + 3 * H, hnn, nv);
-            }
-            hn = m ? h : hp;
-            y = m ? h : vf{};
-          } else {
-            vf z = acc[0][r] + loadp(x, nv);
-            vf h = a.cell == kElmanRelu ? vrelu(z) : vtanh(z);
-            if (sv) storep(sv, h, nv);
-            hn = m ? h : hp;
-            y = m ? h : vf{};
-          }
-          if (a.cell != kSeed) storep(a.ys + (t * B + b) * O + u0, y, nv);
-          if (a.want_carries) {
-            storep(a.hs + (t * B + b) * H + u0, hn, nv);
-            if (lstm) storep(a.cs + (t * B + b) * H + u0, cn, nv);
-          }
-          if (a.want_save) {
-            storep(a.hin + (t * B + b) * H + u0, hp, nv);
-            if (lstm) storep(a.cin + (t * B + b) * H + u0, cp, nv);
-          }
-          if (last) {
-            storep(a.hT + b * H + u0, hn, nv);
-            if (lstm) storep(a.cT + b * H + u0, cn, nv);
-          } else {
-            const bool rs = rn[b] != 0;
-            storep(hnext + b * H + u0, rs ? loadp(a.h0 + b * H + u0, nv) : hn, nv);
-            if (lstm) storep(cbuf + b * H + u0, rs ? loadp(a.c0 + b * H + u0, nv) : cn, nv);
-          }
+    } else {  // extra panel q: [k][lane]
+      const int64_t q = it - npu;
+      float* dst = packed_e + q * H * V;
+      for (int64_t k = 0; k < H; ++k)
+        for (int l = 0; l < V; ++l) {
+          int64_t e = q * V + l;
+          dst[k * V + l] = e < E ? a.w[k * GW + e] : 0.0f;
         }
-      });
     }
-    // Extra panels (the seed cell's output columns): y = relu(z), no carry.
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t e0 = q * V;
-      const int nv = (int)std::min<int64_t>(V, E - e0);
-      const float* panel = packed_e + q * H * V;
-      row_blocks<1>(B, [&]<int MB>(int64_t r0) {
-        const float* rows[MB];
-        for (int r = 0; r < MB; ++r) rows[r] = hcur + (r0 + r) * H;
-        vf acc[1][MB];
-        micro<1, MB>(rows, H, panel, acc);
-        for (int r = 0; r < MB; ++r) {
-          const int64_t b = r0 + r;
-          vf y = vrelu(acc[0][r] + loadp(xt + b * GW + e0, nv));
-          if (a.want_save) storep(a.sv + (t * B + b) * S + e0, y, nv);
-          storep(a.ys + (t * B + b) * O + e0, mt[b] ? y : vf{}, nv);
-        }
-      });
-    }
-    bar.wait();
+    return;
   }
+  const int64_t s = phase - 1;
+  const int64_t t = a.reverse ? T - 1 - s : s;
+  const bool last = s == T - 1;
+  const int64_t tn = a.reverse ? t - 1 : t + 1;  // next step processed
+  const float* hcur = hbuf + (s & 1) * B * H;
+  float* hnext = hbuf + ((s + 1) & 1) * B * H;
+  const float* xt = a.xp + t * B * GW;
+  const uint8_t* mt = a.mask + t * B;
+  const uint8_t* rn = last ? nullptr : a.resets + tn * B;
+  if (it >= npu) {  // the seed cell's output columns: y = relu(z), no carry
+    const int64_t q = it - npu;
+    const int64_t e0 = q * V;
+    const int nv = (int)std::min<int64_t>(V, E - e0);
+    const float* panel = packed_e + q * H * V;
+    row_blocks<1>(B, [&]<int MB>(int64_t r0) {
+      const float* rows[MB];
+      for (int r = 0; r < MB; ++r) rows[r] = hcur + (r0 + r) * H;
+      vf acc[1][MB];
+      micro<1, MB>(rows, H, panel, acc);
+      for (int r = 0; r < MB; ++r) {
+        const int64_t b = r0 + r;
+        vf y = vrelu(acc[0][r] + loadp(xt + b * GW + e0, nv));
+        if (a.want_save) storep(a.sv + (t * B + b) * S + e0, y, nv);
+        storep(a.ys + (t * B + b) * O + e0, mt[b] ? y : vf{}, nv);
+      }
+    });
+    return;
+  }
+  const int64_t p = it;
+  const int64_t u0 = p * V;
+  const int nv = (int)std::min<int64_t>(V, H - u0);
+  const float* panel = packed + p * H * NG * V;
+  row_blocks<NG>(B, [&]<int MB>(int64_t r0) {
+    const float* rows[MB];
+    for (int r = 0; r < MB; ++r) rows[r] = hcur + (r0 + r) * H;
+    vf acc[NG][MB];
+    micro<NG, MB>(rows, H, panel, acc);
+    for (int r = 0; r < MB; ++r) {
+      const int64_t b = r0 + r;
+      const float* x = xt + b * GW + E + u0;
+      const bool m = mt[b] != 0;
+      const vf hp = loadp(hcur + b * H + u0, nv);
+      vf hn, cn = {}, cp = {}, y;
+      float* sv = a.want_save ? a.sv + (t * B + b) * S + E + u0 : nullptr;
+      if (a.cell == kLstm) {
+        cp = loadp(cbuf + b * H + u0, nv);
+        vf i = vsigmoid(acc[0][r] + loadp(x, nv));
+        vf f = vsigmoid(acc[1 % NG][r] + loadp(x + H, nv));
+        vf g = vtanh(acc[2 % NG][r] + loadp(x + 2 * H, nv));
+        vf o = vsigmoid(acc[3 % NG][r] + loadp(x + 3 * H, nv));
+        vf c = f * cp + i * g;
+        vf h = o * vtanh(c);
+        if (sv) {
+          storep(sv, i, nv);
+          storep(sv + H, f, nv);
+          storep(sv + 2 * H, g, nv);
+          storep(sv + 3 * H, o, nv);
+        }
+        hn = m ? h : hp;
+        cn = m ? c : cp;
+        y = m ? h : vf{};
+      } else if (a.cell == kGru) {
+        vf br = {}, bz = {}, bn = {};
+        if (a.has_bh) {
+          br = loadp(a.bh + u0, nv);
+          bz = loadp(a.bh + H + u0, nv);
+          bn = loadp(a.bh + 2 * H + u0, nv);
+        }
+        vf hr = acc[0][r] + br, hz = acc[1 % NG][r] + bz, hnn = acc[2 % NG][r] + bn;
+        vf rg = vsigmoid(loadp(x, nv) + hr);
+        vf zg = vsigmoid(loadp(x + H, nv) + hz);
+        vf ng = vtanh(loadp(x + 2 * H, nv) + rg * hnn);
+        vf h = ng + zg * (hp - ng);
+        if (sv) {
+          storep(sv, rg, nv);
+          storep(sv + H, zg, nv);
+          storep(sv + 2 * H, ng, nv);
+          storep(sv + 3 * H, hnn, nv);
+        }
+        hn = m ? h : hp;
+        y = m ? h : vf{};
+      } else {
+        vf z = acc[0][r] + loadp(x, nv);
+        vf h = a.cell == kElmanRelu ? vrelu(z) : vtanh(z);
+        if (sv) storep(sv, h, nv);
+        hn = m ? h : hp;
+        y = m ? h : vf{};
+      }
+      if (a.cell != kSeed) storep(a.ys + (t * B + b) * O + u0, y, nv);
+      if (a.want_carries) {
+        storep(a.hs + (t * B + b) * H + u0, hn, nv);
+        if (lstm) storep(a.cs + (t * B + b) * H + u0, cn, nv);
+      }
+      if (a.want_save) {
+        storep(a.hin + (t * B + b) * H + u0, hp, nv);
+        if (lstm) storep(a.cin + (t * B + b) * H + u0, cp, nv);
+      }
+      if (last) {
+        storep(a.hT + b * H + u0, hn, nv);
+        if (lstm) storep(a.cT + b * H + u0, cn, nv);
+      } else {
+        const bool rs = rn[b] != 0;
+        storep(hnext + b * H + u0, rs ? loadp(a.h0 + b * H + u0, nv) : hn, nv);
+        if (lstm) storep(cbuf + b * H + u0, rs ? loadp(a.c0 + b * H + u0, nv) : cn, nv);
+      }
+    }
+  });
 }
 
 // ------------------------------------------------------------------ backward
@@ -462,162 +475,165 @@ struct BwdArgs {
   bool reverse;
 };
 
-void bwd_thread(const Dims& d, const BwdArgs& a, int tid, int nt, Barrier& bar, float* packed,
-                float* state) {
-  const int64_t T = d.T, B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
-  const int64_t npu = (H + V - 1) / V;
-  const auto [p0, p1] = split(npu, nt, tid);
-  const auto [e0, e1] = split(E, nt, tid);
+// Per-unit state of the reverse loop, [b][h] each: dh, dc (the carry cotangent after the step
+// being processed); pdh, pdc (what reaches the carry entering the step besides dz W^T: direct
+// terms, or everything at padding); ah, ac (the cotangent routed to carry0 by resets).
+struct BwdState {
+  float *dh, *dc, *pdh, *pdc, *ah, *ac;
+};
+
+// dcarry_in = dz_t W^T + direct terms for panel p; then the resets of step t route it to carry0.
+void bwd_carry_in(const Dims& d, const BwdArgs& a, const float* packed, const BwdState& st,
+                  int64_t t, int64_t p) {
+  const int64_t B = d.B, H = d.H, GW = d.GW;
+  const bool lstm = a.cell == kLstm;
+  const float* dz = (a.cell == kGru ? a.dhp : a.dxp) + t * B * GW;
+  const uint8_t* rt = a.resets + t * B;
+  const int64_t u0 = p * V;
+  const int nv = (int)std::min<int64_t>(V, H - u0);
+  const float* panel = packed + p * GW * V;
+  row_blocks<1>(B, [&]<int MB>(int64_t r0) {
+    const float* rows[MB];
+    for (int r = 0; r < MB; ++r) rows[r] = dz + (r0 + r) * GW;
+    vf acc[1][MB];
+    micro<1, MB>(rows, GW, panel, acc);
+    for (int r = 0; r < MB; ++r) {
+      const int64_t b = r0 + r, o = b * H + u0;
+      vf gh = acc[0][r] + loadp(st.pdh + o, nv);
+      vf gc = lstm ? loadp(st.pdc + o, nv) : vf{};
+      if (rt[b]) {
+        storep(st.ah + o, loadp(st.ah + o, nv) + gh, nv);
+        gh = vf{};
+        if (lstm) {
+          storep(st.ac + o, loadp(st.ac + o, nv) + gc, nv);
+          gc = vf{};
+        }
+      }
+      storep(st.dh + o, gh, nv);
+      if (lstm) storep(st.dc + o, gc, nv);
+    }
+  });
+}
+
+// The gate derivatives of step t for panel p's units: writes dz (dxp, and dhp for the GRU).
+void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t t, int64_t p) {
+  const int64_t B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
   const int64_t S = saved_width(a.cell, H, E);
   const bool lstm = a.cell == kLstm, gru = a.cell == kGru;
-  // dh, dc: the carry cotangent after the step being processed; pdh, pdc: what reaches the
-  // carry entering the step besides dz W^T (direct terms, or everything at padding);
-  // ah, ac: the cotangent accumulated into carry0 by resets.
-  float* dh = state;
-  float* dc = dh + B * H;
-  float* pdh = dc + B * H;
-  float* pdc = pdh + B * H;
-  float* ah = pdc + B * H;
-  float* ac = ah + B * H;
-  // W^T panels: panel p, [k < GW][lane] = W[p V + lane][k].
-  for (int64_t p = p0; p < p1; ++p) {
+  const uint8_t* mt = a.mask + t * B;
+  const int64_t u0 = p * V;
+  const int nv = (int)std::min<int64_t>(V, H - u0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t o = b * H + u0, tb = t * B + b;
+    vf gh = loadp(st.dh + o, nv), gc = lstm ? loadp(st.dc + o, nv) : vf{};
+    if (a.has_dcarries) {
+      gh += loadp(a.dhs + tb * H + u0, nv);
+      if (lstm) gc += loadp(a.dcs + tb * H + u0, nv);
+    }
+    float* dx = a.dxp + tb * GW + E + u0;
+    float* dhp = gru ? a.dhp + tb * GW + u0 : nullptr;
+    const int ng = gates_of(a.cell);
+    if (!mt[b]) {  // padding: the carry passes through, nothing reaches the gates
+      for (int g = 0; g < ng; ++g) {
+        storep(dx + g * H, vf{}, nv);
+        if (dhp) storep(dhp + g * H, vf{}, nv);
+      }
+      storep(st.pdh + o, gh, nv);
+      if (lstm) storep(st.pdc + o, gc, nv);
+      continue;
+    }
+    const float* sv = a.sv + tb * S + u0;
+    if (a.cell != kSeed) gh += loadp(a.dys + tb * O + u0, nv);
+    if (lstm) {
+      vf i = loadp(sv, nv), f = loadp(sv + H, nv), g = loadp(sv + 2 * H, nv),
+         og = loadp(sv + 3 * H, nv);
+      vf cp = loadp(a.cin + tb * H + u0, nv);
+      vf tc = vtanh(f * cp + i * g);
+      vf dct = gc + gh * og * (1.0f - tc * tc);
+      storep(dx, dct * g * i * (1.0f - i), nv);
+      storep(dx + H, dct * cp * f * (1.0f - f), nv);
+      storep(dx + 2 * H, dct * i * (1.0f - g * g), nv);
+      storep(dx + 3 * H, gh * tc * og * (1.0f - og), nv);
+      storep(st.pdh + o, vf{}, nv);
+      storep(st.pdc + o, dct * f, nv);
+    } else if (gru) {
+      vf r = loadp(sv, nv), z = loadp(sv + H, nv), n = loadp(sv + 2 * H, nv),
+         hn = loadp(sv + 3 * H, nv);
+      vf hp = loadp(a.hin + tb * H + u0, nv);
+      vf dnp = gh * (1.0f - z) * (1.0f - n * n);
+      vf dzz = gh * (hp - n) * z * (1.0f - z);
+      vf dzr = dnp * hn * r * (1.0f - r);
+      storep(dx, dzr, nv);
+      storep(dx + H, dzz, nv);
+      storep(dx + 2 * H, dnp, nv);
+      storep(dhp, dzr, nv);
+      storep(dhp + H, dzz, nv);
+      storep(dhp + 2 * H, dnp * r, nv);
+      storep(st.pdh + o, gh * z, nv);
+    } else {
+      vf h = loadp(a.cell == kSeed ? sv + E : sv, nv);
+      vf dz;
+      if (a.cell == kElmanRelu) {
+        dz = vsel(h > 0.0f, gh, vf{});
+      } else {
+        dz = gh * (1.0f - h * h);
+      }
+      storep(dx, dz, nv);
+      storep(st.pdh + o, vf{}, nv);
+    }
+  }
+}
+
+// Phase 0 packs panel p of W^T ([k < GW][lane] = W[p V + lane][k]) and sets its state; phase
+// s + 1 (s < T) runs reverse step s: dz of the previous one times W^T, then the gates of this
+// one; phase T + 1 gives the cotangent of carry0.
+void bwd_item(const Dims& d, const BwdArgs& a, float* packed, const BwdState& st, int64_t phase,
+              int64_t p) {
+  const int64_t T = d.T, B = d.B, H = d.H, GW = d.GW;
+  const bool lstm = a.cell == kLstm;
+  const int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
+  if (phase == 0) {
     float* dst = packed + p * GW * V;
     for (int l = 0; l < V; ++l) {
       int64_t u = p * V + l;
       for (int64_t k = 0; k < GW; ++k) dst[k * V + l] = u < H ? a.w[u * GW + k] : 0.0f;
     }
-  }
-  for (int64_t p = p0; p < p1; ++p) {
-    int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
     for (int64_t b = 0; b < B; ++b) {
       const size_t n = nv * sizeof(float);
-      std::memcpy(dh + b * H + u0, a.dhT + b * H + u0, n);
-      std::memset(ah + b * H + u0, 0, n);
+      std::memcpy(st.dh + b * H + u0, a.dhT + b * H + u0, n);
+      std::memset(st.ah + b * H + u0, 0, n);
       if (lstm) {
-        std::memcpy(dc + b * H + u0, a.dcT + b * H + u0, n);
-        std::memset(ac + b * H + u0, 0, n);
+        std::memcpy(st.dc + b * H + u0, a.dcT + b * H + u0, n);
+        std::memset(st.ac + b * H + u0, 0, n);
       }
     }
+    return;
   }
-  const float* dzsrc = gru ? a.dhp : a.dxp;
-  // dcarry_in = dz_t W^T + direct terms; then the resets of step t route it to carry0.
-  auto carry_in = [&](int64_t t) {
-    const float* dz = dzsrc + t * B * GW;
-    const uint8_t* rt = a.resets + t * B;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t u0 = p * V;
-      const int nv = (int)std::min<int64_t>(V, H - u0);
-      const float* panel = packed + p * GW * V;
-      row_blocks<1>(B, [&]<int MB>(int64_t r0) {
-        const float* rows[MB];
-        for (int r = 0; r < MB; ++r) rows[r] = dz + (r0 + r) * GW;
-        vf acc[1][MB];
-        micro<1, MB>(rows, GW, panel, acc);
-        for (int r = 0; r < MB; ++r) {
-          const int64_t b = r0 + r, o = b * H + u0;
-          vf gh = acc[0][r] + loadp(pdh + o, nv);
-          vf gc = lstm ? loadp(pdc + o, nv) : vf{};
-          if (rt[b]) {
-            storep(ah + o, loadp(ah + o, nv) + gh, nv);
-            gh = vf{};
-            if (lstm) {
-              storep(ac + o, loadp(ac + o, nv) + gc, nv);
-              gc = vf{};
-            }
-          }
-          storep(dh + o, gh, nv);
-          if (lstm) storep(dc + o, gc, nv);
-        }
-      });
-    }
-  };
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = a.reverse ? s : T - 1 - s;  // the forward's order, backwards
-    if (s > 0) carry_in(a.reverse ? t - 1 : t + 1);
-    const uint8_t* mt = a.mask + t * B;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t u0 = p * V;
-      const int nv = (int)std::min<int64_t>(V, H - u0);
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t o = b * H + u0, tb = t * B + b;
-        vf gh = loadp(dh + o, nv), gc = lstm ? loadp(dc + o, nv) : vf{};
-        if (a.has_dcarries) {
-          gh += loadp(a.dhs + tb * H + u0, nv);
-          if (lstm) gc += loadp(a.dcs + tb * H + u0, nv);
-        }
-        float* dx = a.dxp + tb * GW + E + u0;
-        float* dhp = gru ? a.dhp + tb * GW + u0 : nullptr;
-        const int ng = gates_of(a.cell);
-        if (!mt[b]) {  // padding: the carry passes through, nothing reaches the gates
-          for (int g = 0; g < ng; ++g) {
-            storep(dx + g * H, vf{}, nv);
-            if (dhp) storep(dhp + g * H, vf{}, nv);
-          }
-          storep(pdh + o, gh, nv);
-          if (lstm) storep(pdc + o, gc, nv);
-          continue;
-        }
-        const float* sv = a.sv + tb * S + u0;
-        if (a.cell != kSeed) gh += loadp(a.dys + tb * O + u0, nv);
-        if (lstm) {
-          vf i = loadp(sv, nv), f = loadp(sv + H, nv), g = loadp(sv + 2 * H, nv),
-             og = loadp(sv + 3 * H, nv);
-          vf cp = loadp(a.cin + tb * H + u0, nv);
-          vf tc = vtanh(f * cp + i * g);
-          vf dct = gc + gh * og * (1.0f - tc * tc);
-          storep(dx, dct * g * i * (1.0f - i), nv);
-          storep(dx + H, dct * cp * f * (1.0f - f), nv);
-          storep(dx + 2 * H, dct * i * (1.0f - g * g), nv);
-          storep(dx + 3 * H, gh * tc * og * (1.0f - og), nv);
-          storep(pdh + o, vf{}, nv);
-          storep(pdc + o, dct * f, nv);
-        } else if (gru) {
-          vf r = loadp(sv, nv), z = loadp(sv + H, nv), n = loadp(sv + 2 * H, nv),
-             hn = loadp(sv + 3 * H, nv);
-          vf hp = loadp(a.hin + tb * H + u0, nv);
-          vf dnp = gh * (1.0f - z) * (1.0f - n * n);
-          vf dzz = gh * (hp - n) * z * (1.0f - z);
-          vf dzr = dnp * hn * r * (1.0f - r);
-          storep(dx, dzr, nv);
-          storep(dx + H, dzz, nv);
-          storep(dx + 2 * H, dnp, nv);
-          storep(dhp, dzr, nv);
-          storep(dhp + H, dzz, nv);
-          storep(dhp + 2 * H, dnp * r, nv);
-          storep(pdh + o, gh * z, nv);
-        } else {
-          vf h = loadp(a.cell == kSeed ? sv + E : sv, nv);
-          vf dz;
-          if (a.cell == kElmanRelu) {
-            dz = vsel(h > 0.0f, gh, vf{});
-          } else {
-            dz = gh * (1.0f - h * h);
-          }
-          storep(dx, dz, nv);
-          storep(pdh + o, vf{}, nv);
-        }
-      }
-    }
-    // The seed cell's output columns: dz_y = dy * relu'(z).
-    if (e1 > e0) {
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t tb = t * B + b;
-        float* dx = a.dxp + tb * GW;
-        const float* y = a.sv + tb * S;
-        const float* dy = a.dys + tb * O;
-        for (int64_t e = e0; e < e1; ++e) dx[e] = (mt[b] && y[e] > 0.0f) ? dy[e] : 0.0f;
-      }
-    }
-    bar.wait();
+  // Reverse step s processes forward step t(s); the previous one processed is t(s - 1).
+  auto t_of = [&](int64_t s) { return a.reverse ? s : T - 1 - s; };
+  const int64_t s = phase - 1;
+  if (s > 0) bwd_carry_in(d, a, packed, st, t_of(s - 1), p);
+  if (s < T) {
+    bwd_pointwise(d, a, st, t_of(s), p);
+    return;
   }
-  if (T > 0) carry_in(a.reverse ? T - 1 : 0);
-  for (int64_t p = p0; p < p1; ++p) {
-    int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t o = b * H + u0;
-      storep(a.dh0 + o, loadp(dh + o, nv) + loadp(ah + o, nv), nv);
-      if (lstm) storep(a.dc0 + o, loadp(dc + o, nv) + loadp(ac + o, nv), nv);
-    }
+  for (int64_t b = 0; b < B; ++b) {  // s == T: the carry entering the first step
+    const int64_t o = b * H + u0;
+    storep(a.dh0 + o, loadp(st.dh + o, nv) + loadp(st.ah + o, nv), nv);
+    if (lstm) storep(a.dc0 + o, loadp(st.dc + o, nv) + loadp(st.ac + o, nv), nv);
+  }
+}
+
+// The seed cell's output columns: dz_y = dy * relu'(z), for every step (no recurrence).
+void bwd_extra(const Dims& d, const BwdArgs& a) {
+  const int64_t T = d.T, B = d.B, GW = d.GW, E = d.E, O = d.O;
+  const int64_t S = saved_width(a.cell, d.H, E);
+  for (int64_t tb = 0; tb < T * B; ++tb) {
+    float* dx = a.dxp + tb * GW;
+    const float* y = a.sv + tb * S;
+    const float* dy = a.dys + tb * O;
+    const bool m = a.mask[tb] != 0;
+    for (int64_t e = 0; e < E; ++e) dx[e] = (m && y[e] > 0.0f) ? dy[e] : 0.0f;
   }
 }
 
@@ -725,16 +741,13 @@ ffi::Error FwdImpl(F32 xp, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R3
       if (HC) std::memcpy(a.cT, a.c0, B * HC * sizeof(float));
       continue;
     }
-    Barrier bar;
-    bar.n = nt;
-    std::function<void(int)> job = [&](int tid) {
+    run_items(nt, T + 1, npu + npe, [&](int64_t phase, int64_t it) {
       switch (ng) {
-        case 4: fwd_thread<4>(d, a, tid, nt, bar, packed, hbuf, cbuf); break;
-        case 3: fwd_thread<3>(d, a, tid, nt, bar, packed, hbuf, cbuf); break;
-        default: fwd_thread<1>(d, a, tid, nt, bar, packed, hbuf, cbuf); break;
+        case 4: fwd_item<4>(d, a, packed, hbuf, cbuf, phase, it); break;
+        case 3: fwd_item<3>(d, a, packed, hbuf, cbuf, phase, it); break;
+        default: fwd_item<1>(d, a, packed, hbuf, cbuf, phase, it); break;
       }
-    };
-    pool().run(nt, job);
+    });
   }
   std::free(packed);
   std::free(hbuf);
@@ -808,12 +821,12 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys,
     a.cell = cell;
     a.reverse = reverse;
     if (B == 0) continue;
-    Barrier bar;
-    bar.n = nt;
-    std::function<void(int)> job = [&](int tid) {
-      bwd_thread(d, a, tid, nt, bar, packed, state);
-    };
-    pool().run(nt, job);
+    if (d.E) bwd_extra(d, a);
+    const BwdState st{state, state + B * H, state + 2 * B * H, state + 3 * B * H,
+                      state + 4 * B * H, state + 5 * B * H};
+    run_items(nt, T + 2, npu, [&](int64_t phase, int64_t p) {
+      bwd_item(d, a, packed, st, phase, p);
+    });
   }
   std::free(packed);
   std::free(state);
