@@ -142,6 +142,7 @@ def test_odd_sizes(cell_name, hidden, batch, steps, threads, monkeypatch):
     _check(CELLS[cell_name](hidden), config, B=batch, T=steps, tol=2e-5, truth=truth)
 
 
+@pytest.mark.slow
 def test_multi_dim_batch_and_tokens():
     cell = jrnn.lstm(9)
     params = cell.init(jax.random.key(1), 11)
