@@ -204,10 +204,6 @@ int num_threads(int64_t fmas, int64_t panels) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(nt, panels));
 }
 
-inline std::pair<int64_t, int64_t> split(int64_t n, int parts, int k) {
-  return {n * k / parts, n * (k + 1) / parts};
-}
-
 float* alloc_floats(size_t n) {
   size_t bytes = ((std::max<size_t>(n, 1) * sizeof(float)) + 63) / 64 * 64;
   return static_cast<float*>(std::aligned_alloc(64, bytes));
