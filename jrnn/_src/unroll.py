@@ -410,7 +410,7 @@ def unroll(
         ``ys`` come back in the original time order.
       time_major: whether the time axis comes first in ``xs``, ``resets`` and ``ys``.
       unroll: scan unroll factor (backends that loop).
-      backend: ``"auto" | "reference" | "xla" | "fused" | "pallas" | "associative"``.
+      backend: ``"auto" | "reference" | "xla" | "fused" | "pallas" | "associative" | "cpu"``.
       resets: bool, the layout of token inputs (``[b..., t]``); ``True`` at step t restarts the
         carry from the initial ``carry`` before processing t (packed sequences).
       return_carries: also return every step's carry (frozen at padding), laid out like ``ys``.

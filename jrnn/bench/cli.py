@@ -27,9 +27,21 @@ def _backends(requested: list[str]) -> list[str]:
     for name in requested:
         if name in ("auto", "reference"):
             out.append(name)
-        elif backends_lib.available(name):
+        elif backends_lib.available(name) and _kernel_builds(name):
             out.append(name)
     return out
+
+
+def _kernel_builds(name: str) -> bool:
+    """False (with the kernel's warning) when ``"cpu"`` would fall back to ``"xla"``."""
+    if name != "cpu":
+        return True
+    from jrnn._src.backends import cpu_kernel
+
+    if not cpu_kernel.load():
+        print("skipping backend 'cpu': its kernel did not build", file=sys.stderr)
+        return False
+    return True
 
 
 def plan(args, size: Size, cells: list[str], backends: list[str], unrolls: list[int]) -> list:
@@ -65,13 +77,17 @@ def plan(args, size: Size, cells: list[str], backends: list[str], unrolls: list[
     return out
 
 
-def measure(wls: list, reps: int, warmup: int, threads: int, verbose: bool = True):
-    """Compiles and times a group of workloads interleaved; returns (rows, load monitor)."""
+def measure(wls: list, reps: int, warmup: int, threads: int, verbose: bool = True, build=None):
+    """Compiles and times a group of workloads interleaved; returns (rows, load monitor).
+
+    ``build(w) -> (fn, args)`` makes a JAX workload (default :func:`workloads.build`).
+    """
+    build = build or workloads.build
     jax_wls = [w for w in wls if w.impl != "torch"]
     torch_wls = [w for w in wls if w.impl == "torch"]
     entries, compile_s = [], []
     for w in jax_wls:
-        fn, args = workloads.build(w)
+        fn, args = build(w)
         compiled, secs = timing.compile_fn(fn, args)
         for _ in range(warmup):
             timing.call_time(compiled, args)
@@ -209,7 +225,7 @@ def run(args) -> dict:
     if "min_gru" in cells and not workloads.min_gru_available():
         cells = [c for c in cells if c != "min_gru"]
     backends = _backends(
-        args.backends or (["xla", "fused"] if quick else ["xla", "fused", "associative"])
+        args.backends or (["xla", "fused"] if quick else ["xla", "fused", "associative", "cpu"])
     )
     unrolls = args.unroll or [1]
     reps = args.reps or (5 if quick else 9)

@@ -8,6 +8,12 @@
   ``[b, 4h] x [4h, h]`` dots and the weight gradient as one ``[h, t b] x [t b, 4h]`` dot. Any
   JAX LSTM step on this backend does at least this.
 - ``chain:torch`` — the same with ``torch.mm`` (oneDNN/MKL).
+- ``chain:cpu`` — the same chain in jrnn's C++ kernel (``backend="cpu"``): the kernel's forward
+  of the seed cell with ``3h`` outputs, whose gate width is the LSTM's ``4h`` and whose gates are
+  as trivial as the chain's (relu, tanh); it also writes the ``[t, b, 3h]`` relu outputs. In
+  ``train`` mode the gradient w.r.t. ``W_hh`` through the kernel's backward (the reverse chain of
+  ``[b, 4h] x [4h, h]`` products, then the weight gradient as one einsum). Also the kernel's full
+  LSTM steps (``jrnn:lstm/cpu``), when the kernel builds.
 - the full ``jrnn.lstm`` steps and ``torch.nn.LSTM`` (as in ``python -m jrnn.bench``), and
   torch's 3-layer train step.
 
@@ -27,7 +33,11 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+
 from jrnn.bench import cli, report, sizes, timing, torch_peer
+from jrnn.bench import workloads as workloads_lib
 from jrnn.bench.sizes import Workload
 
 # (target, mode, limit as a fraction of torch.nn.LSTM's time, layers: the chain counts once per
@@ -48,13 +58,57 @@ def chain_flops(size: sizes.Size, mode: str) -> float:
     return one * (3.0 if mode == "train" else 1.0)
 
 
-def workloads(size: sizes.Size, with_torch: bool) -> list[Workload]:
+def cpu_kernel_available() -> bool:
+    """Whether ``backend="cpu"``'s kernel builds here (it warns once when it does not)."""
+    from jrnn._src.backends import cpu_kernel
+
+    return cpu_kernel.load()
+
+
+def cpu_chain_workload(w: Workload):
+    """``(fn, args)`` of the chain in the cpu kernel: the seed cell with gate width ``4h``."""
+    import jrnn
+    from jrnn._src.backends import cpu
+
+    size = w.size
+    h, g = size.hidden, sizes.gate_width("lstm", size.hidden)[1]
+    cell = jrnn.seed_rnn(h, g - h)
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = cell.init(keys[0], 1)
+    weight = jax.random.normal(keys[1], (h, g), jnp.float32) * h**-0.5
+    h0 = jax.random.normal(keys[2], (size.batch, h), jnp.float32)
+    xp = jnp.zeros((size.steps, size.batch, g), jnp.float32)
+
+    def forward(weight, h0, xp):
+        p = params._replace(w_hh=weight)
+        carry, _, _ = cpu.run(
+            cell, p, xp, h0, mask=None, resets=None, reverse=False, unroll=1,
+            return_carries=False,
+        )  # fmt: skip
+        return carry
+
+    if w.mode == "forward":
+        return forward, (weight, h0, xp)
+    return jax.grad(lambda weight, h0, xp: jnp.sum(forward(weight, h0, xp))), (weight, h0, xp)
+
+
+def build(w: Workload):
+    """``workloads.build``, plus the cpu kernel's chain (``impl="chain"``, ``backend="cpu"``)."""
+    if w.impl == "chain" and w.backend == "cpu":
+        return cpu_chain_workload(w)
+    return workloads_lib.build(w)
+
+
+def workloads(size: sizes.Size, with_torch: bool, with_cpu: bool = False) -> list[Workload]:
     """The rows of one floor run at ``size`` (1 layer), timed together."""
     out = []
     for mode in sizes.MODES:
         out.append(Workload("chain", "dot-chain", "lstm", "xla", 1, mode, size))
         out.append(Workload("jrnn", "lstm", "lstm", "xla", 1, mode, size))
         out.append(Workload("jrnn", "lstm", "lstm", "fused", 1, mode, size))
+        if with_cpu:
+            out.append(Workload("chain", "dot-chain", "lstm", "cpu", 1, mode, size))
+            out.append(Workload("jrnn", "lstm", "lstm", "cpu", 1, mode, size))
         if with_torch:
             out.append(Workload("torch", "CHAIN", "lstm", "", 1, mode, size))
             out.append(Workload("torch", "LSTM", "lstm", "", 1, mode, size))
@@ -69,6 +123,8 @@ def _name(row: dict) -> str:
     layers = row.get("size_fields", {}).get("layers", 1)
     tail = f" x{layers} layers" if layers > 1 else ""
     if row["impl"] == "chain":
+        if row.get("backend") == "cpu":
+            return "chain:cpu"
         return "chain:xla" + (f" x{layers} batched" if layers > 1 else "")
     if row["impl"] == "torch" and row["cell"] == "CHAIN":
         return "chain:torch"
@@ -79,7 +135,7 @@ def analyse(rows: list[dict], size: sizes.Size, peak: float) -> dict:
     """Medians by (name, mode), the chain's rates, and each target against the XLA chain."""
     med = {(_name(r), r["mode"]): r["median_s"] for r in rows}
     out = {"medians_ms": {f"{n} {m}": 1e3 * s for (n, m), s in med.items()}, "chains": {}}
-    for name in ("chain:xla", "chain:torch"):
+    for name in ("chain:xla", "chain:cpu", "chain:torch"):
         for mode in sizes.MODES:
             if (name, mode) in med:
                 rate = chain_flops(size, mode) / med[name, mode] / 1e9
@@ -108,7 +164,11 @@ def analyse(rows: list[dict], size: sizes.Size, peak: float) -> dict:
                 "batched_over_budget": batched / budget,
             }
         if layers == 1:
-            best = min(med["jrnn:lstm/xla/u1", mode], med["jrnn:lstm/fused/u1", mode])
+            best = min(
+                med[f"jrnn:lstm/{b}/u1", mode]
+                for b in ("xla", "fused", "cpu")
+                if (f"jrnn:lstm/{b}/u1", mode) in med
+            )
             verdict |= {"jrnn_ms": 1e3 * best, "jrnn_outside_chain_ms": 1e3 * (best - chain)}
         verdicts.append(verdict)
     out["targets"] = verdicts
@@ -121,6 +181,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-torch", dest="torch", action="store_false")
+    p.add_argument("--no-cpu-kernel", dest="cpu_kernel", action="store_false",
+                   help="leave out backend='cpu' (its chain and LSTM rows)")  # fmt: skip
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
     size = sizes.parse_size(args.size)
@@ -130,7 +192,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     peak = timing.matmul_peak()
     with_torch = args.torch and torch_peer.available()
-    rows, mon = cli.measure(workloads(size, with_torch), args.reps, args.warmup, threads)
+    with_cpu = args.cpu_kernel and cpu_kernel_available()
+    rows, mon = cli.measure(
+        workloads(size, with_torch, with_cpu), args.reps, args.warmup, threads, build=build
+    )
     peak = max(peak, timing.matmul_peak())
     for r in rows:
         if r["impl"] == "chain" or r["cell"] == "CHAIN":

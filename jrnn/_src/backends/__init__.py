@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import jax
 
-BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative")
+BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative", "cpu")
 
 
 class Backend(NamedTuple):
@@ -45,6 +45,7 @@ _MODULES = {
     "fused": "jrnn._src.backends.fused",
     "pallas": "jrnn._src.backends.pallas",
     "associative": "jrnn._src.backends.associative",
+    "cpu": "jrnn._src.backends.cpu",
 }
 
 # Preference order of "auto" per platform, from docs/backends.md's measurements.
