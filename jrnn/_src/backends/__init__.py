@@ -119,7 +119,8 @@ def auto(cell, default_platform: str, **features) -> Backend:
     """
 
     def run(cell, params, xp, carry0, *, mask, resets, reverse, unroll, return_carries):
-        steps, batch = xp.shape[0], math.prod(xp.shape[1:-1])
+        leaf = jax.tree.leaves(xp)[0]  # xp may be a pytree (e.g. inputs plus dropout masks)
+        steps, batch = leaf.shape[0], math.prod(leaf.shape[1:-1])
         picks = {p: choose(p, cell, steps, batch, **features) for p in PLATFORMS}
         kw = dict(reverse=reverse, unroll=unroll, return_carries=return_carries)
 
