@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jrnn._src import lm_task
 from jrnn.train import TrainConfig
 
 
@@ -83,51 +84,21 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def _preset(name: str, **extra) -> Config:
+    """The library's preset ``name`` (``jrnn._src.lm_task.PRESETS``)."""
+    preset = lm_task.get_preset(name)
+    fields = {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)}
+    return Config(**fields, **extra)
+
+
 def smoke() -> Config:
     """Seconds on a CPU: a tiny model on a little text (tests use it)."""
-    return Config(
-        name="smoke",
-        hidden_size=32,
-        num_layers=1,
-        seq_len=16,
-        eval_batch_size=8,
-        eval_bytes=4096,
-        max_train_bytes=20_000,
-        prompts=("ROMEO:",),
-        sample_length=40,
-        train=TrainConfig(
-            steps=60,
-            batch_size=16,
-            learning_rate=1e-2,
-            warmup_steps=5,
-            eval_every=30,
-            log_every=10,
-            checkpoint_every=0,
-            progress=False,
-        ),
-    )
+    return _preset("smoke", max_train_bytes=20_000, prompts=("ROMEO:",), sample_length=40)
 
 
 def cpu() -> Config:
     """About 15 minutes on a busy 2-core CPU: 2 x LSTM-256, t = 64."""
-    return Config(
-        name="cpu",
-        hidden_size=256,
-        num_layers=2,
-        seq_len=64,
-        eval_batch_size=64,
-        eval_bytes=65_536,
-        max_seconds=780.0,
-        train=TrainConfig(
-            steps=450,
-            batch_size=32,
-            learning_rate=4e-3,
-            warmup_steps=30,
-            eval_every=100,
-            log_every=10,
-            checkpoint_every=100,
-        ),
-    )
+    return _preset("cpu")
 
 
 def long() -> Config:

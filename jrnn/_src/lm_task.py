@@ -64,7 +64,8 @@ class LMPreset:
         return dataclasses.replace(self, **changes)
 
 
-# The same sizes as experiments/char_lm/config.py (tests/test_cli.py checks they agree).
+# experiments/char_lm/config.py builds its smoke and cpu presets from these (tests/test_cli.py
+# checks every preset agrees).
 PRESETS: dict[str, LMPreset] = {
     "smoke": LMPreset(
         name="smoke",
