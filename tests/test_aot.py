@@ -16,6 +16,8 @@ import pytest
 pytestmark = pytest.mark.tpu
 
 if importlib.util.find_spec("libtpu") is None:
+    if os.environ.get("JRNN_REQUIRE_LIBTPU"):  # set by make test-tpu: a tier that ran nothing fails
+        raise ImportError("make test-tpu: libtpu is not importable in this venv")
     pytest.skip("libtpu is not installed (make test-tpu installs it)", allow_module_level=True)
 
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
