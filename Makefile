@@ -19,7 +19,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	# setuptools >= 77 (SPDX license): tests build the wheel in this venv without build isolation.
+	$(PIP) install -q --upgrade pip "setuptools>=77"
 	$(PIP) install -q -e ".[test,experiments,docs]"
 	touch $(STAMP)
 
