@@ -13,17 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from jrnn._src import cell as cell_lib
 from jrnn._src.cell import Array
-
-
-def check_two_biases(value: Any) -> bool:
-    """Returns ``value`` as a bool, or raises a TypeError naming ``two_biases``."""
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"two_biases must be a bool, got {value!r}")
-    return bool(value)
 
 
 def bias_sum(params: Any, two_biases: bool, dtype: Any, cell_name: str) -> Array:

@@ -70,7 +70,7 @@ def elman(
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     act = _ACTIVATIONS[activation]
-    two_biases = bias_lib.check_two_biases(two_biases)
+    two_biases = cell_lib.check_bool(two_biases, "two_biases")
     dtype = cell_lib.check_dtype(dtype, "dtype")
     param_dtype = cell_lib.check_dtype(param_dtype, "param_dtype")
 

@@ -109,7 +109,7 @@ def lstm(
             raise ValueError(f"proj_size must be smaller than hidden_size={H}, got {P}")
     else:
         P = H
-    two_biases = bias_lib.check_two_biases(two_biases)
+    two_biases = cell_lib.check_bool(two_biases, "two_biases")
     dtype = cell_lib.check_dtype(dtype, "dtype")
     param_dtype = cell_lib.check_dtype(param_dtype, "param_dtype")
 
