@@ -138,6 +138,23 @@ def test_sorter_smoke_cli(tmp_path):
     assert (out == np.sort(src, axis=1)).all(axis=1).mean() >= 0.8
 
 
+def test_sorter_cpu_presets():
+    # The one-core CPU presets: (t, attention, steps); each training guard leaves room for
+    # compilation and the final by-length evaluation within 30 minutes of wall time.
+    expected = {
+        "cpu_t32": (32, False, 2000),
+        "cpu_t32_attention": (32, True, 2000),
+        "cpu_t64_attention": (64, True, 3000),
+    }
+    for name, (t, attention, steps) in expected.items():
+        config = sort_config.get_config(name)
+        assert (config.seq_len, config.attention, config.train.steps) == (t, attention, steps)
+        assert (config.vocab_size, config.min_length, config.hidden_size) == (16, 2, 256)
+        assert config.num_layers == 1 and config.train.batch_size == 64
+        assert config.max_seconds is not None and config.max_seconds <= 26 * 60
+        assert config.lengths_to_evaluate() == (t // 4, t // 2, 3 * t // 4, t)
+
+
 def test_apply_overrides():
     config = sort_config.get_config("smoke")
     new = common.apply_overrides(

@@ -1,6 +1,6 @@
-"""Sorter presets: ``smoke`` and ``smoke_attention`` (seconds); ``cpu`` (t = 16), ``cpu_t32``
-and ``cpu_t32_attention`` (<= 15 min on 2 cores); ``full`` (t = 64, no attention) and
-``full_attention`` (t = 256, Luong attention).
+"""Sorter presets: ``smoke`` and ``smoke_attention`` (seconds); ``cpu`` (t = 16), ``cpu_t32``,
+``cpu_t32_attention`` (about 6 and 8 minutes on one CPU core) and ``cpu_t64_attention`` (about
+22 minutes); ``full`` (t = 64, no attention) and ``full_attention`` (t = 256, Luong attention).
 
 ``full`` is the lecture's many-to-one-to-many model: a 4-layer LSTM encoder of 512 reads integers
 in ``[0, vocab_size)`` (one-hot 128), its final carries start a 4-layer LSTM decoder that emits
@@ -150,15 +150,31 @@ def cpu() -> Config:
 
 
 def cpu_t32() -> Config:
-    """About 10 minutes on a busy 2-core CPU: t = 32, values in [0, 16), 1 x LSTM-256."""
+    """About 6 minutes on one CPU core: t = 32, values in [0, 16), 1 x LSTM-256, no attention,
+    2,000 steps (training stops after 25 minutes at the latest)."""
     return cpu().replace(
-        name="cpu_t32", seq_len=32, max_seconds=540.0, train=cpu().train.replace(steps=600)
+        name="cpu_t32",
+        seq_len=32,
+        max_seconds=1500.0,
+        train=cpu().train.replace(steps=2000, eval_every=250, checkpoint_every=500),
     )
 
 
 def cpu_t32_attention() -> Config:
-    """:func:`cpu_t32` with Luong attention over the encoder outputs."""
+    """:func:`cpu_t32` with Luong attention over the encoder outputs (about 8 minutes on one
+    CPU core)."""
     return cpu_t32().replace(name="cpu_t32_attention", attention=True)
+
+
+def cpu_t64_attention() -> Config:
+    """About 22 minutes on one CPU core: :func:`cpu_t32_attention` at t = 64, 3,000 steps
+    (training stops after 26 minutes at the latest)."""
+    return cpu_t32_attention().replace(
+        name="cpu_t64_attention",
+        seq_len=64,
+        max_seconds=1560.0,
+        train=cpu_t32().train.replace(steps=3000, eval_every=500),
+    )
 
 
 def full() -> Config:
@@ -208,6 +224,7 @@ CONFIGS = {
     "cpu": cpu,
     "cpu_t32": cpu_t32,
     "cpu_t32_attention": cpu_t32_attention,
+    "cpu_t64_attention": cpu_t64_attention,
     "full": full,
     "full_attention": full_attention,
     "tpu": tpu,
