@@ -100,9 +100,10 @@ def smoke() -> Config:
 
 
 def cpu() -> Config:
-    """Under an hour on one CPU core (``taskset -c 0``), the whole command: 2 x LSTM-512, t = 128,
-    batch 32, no dropout, the ``"cpu"`` kernel backend, cosine schedule over STEPS steps, and a
-    55-minute training guard (``max_seconds``)."""
+    """Under an hour on one CPU core, the whole command (56 min measured with ``taskset -c 0``,
+    1.536 nats/char held out): 2 x LSTM-384, t = 128, batch 32, no dropout, the ``"cpu"`` kernel
+    backend, lr 3e-3 with a cosine schedule over 4,400 steps (3.9 epochs), and a 55-minute
+    training guard (``max_seconds``) that keeps the command under the hour on a slower core."""
     return _preset("cpu")
 
 
