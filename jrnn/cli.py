@@ -2,7 +2,7 @@
 
 Usage::
 
-    jrnn train-lm --text my.txt --workdir runs/my_lm            # the cpu preset (~15 min)
+    jrnn train-lm --text my.txt --workdir runs/my_lm            # the cpu preset (~1 hour)
     jrnn train-lm --text my.txt --workdir runs/my_lm --preset smoke --steps 50
     jrnn sample --workdir runs/my_lm --prompt "ROMEO:" --length 300 --num-samples 3 --seed 1
 
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         default="cpu",
         choices=sorted(PRESETS),
-        help="model and training sizes (default: cpu, ~15 min on 2 cores; smoke: seconds; "
+        help="model and training sizes (default: cpu, under an hour on one core; smoke: seconds; "
         "tpu: one TPU/GPU chip)",
     )
     t.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")

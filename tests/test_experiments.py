@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import common
 from experiments.byte_classifier import config as clf_config
@@ -104,6 +106,50 @@ def test_char_lm_smoke(tmp_path, text_file):
             ["--config", "smoke", "--corpus", text_file, "--workdir", str(tmp_path)]
             + ["--set", "hidden_size=48"]
         )
+
+
+def test_char_lm_backend_cpu_matches_xla(text_file, monkeypatch):
+    # The "cpu" kernel backend changes the speed, not the training: 20 steps of the smoke model
+    # give the same losses and params as "xla" (float32 summation order aside).
+    monkeypatch.delenv("JRNN_CPU_THREADS", raising=False)
+    base = lm_config.get_config("smoke").replace(corpus=text_file)
+    base = base.replace(train=base.train.replace(steps=20, eval_every=0, plot=False))
+    runs = {}
+    for backend in ("xla", "cpu"):
+        config = base.replace(backend=backend)
+        model = lm_train.make_model(config)
+        assert model.rnn.backend == backend
+        summary = lm_train.train_and_evaluate(config, None)
+        runs[backend] = (summary, model)
+    # make_model sets the kernel's threads to the cores this process may use (taskset).
+    if hasattr(os, "sched_getaffinity"):
+        assert os.environ["JRNN_CPU_THREADS"] == str(len(os.sched_getaffinity(0)))
+    (s_xla, m_xla), (s_cpu, m_cpu) = runs["xla"], runs["cpu"]
+    assert s_cpu["heldout_nats_per_char"] == pytest.approx(s_xla["heldout_nats_per_char"], rel=1e-4)
+    assert s_cpu["final_train"]["loss"] == pytest.approx(s_xla["final_train"]["loss"], rel=1e-4)
+    # The backend is not part of the run's identity: a checkpoint resumes under either.
+    assert "backend" not in common.run_config(base, ignore=("backend",))
+    p_xla, p_cpu = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (m_xla, m_cpu))
+    assert len(p_xla) == len(p_cpu) > 0
+    for a, b in zip(p_xla, p_cpu, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)
+
+
+def test_char_lm_cpu_preset_fits_one_core_hour():
+    config = lm_config.get_config("cpu")
+    assert (config.hidden_size, config.num_layers, config.seq_len, config.dropout) == (
+        384,
+        2,
+        128,
+        0.0,
+    )
+    assert config.backend == "cpu" and config.cell == "lstm"
+    t = config.train
+    assert (t.steps, t.batch_size, t.learning_rate, t.schedule) == (4400, 32, 3e-3, "cosine")
+    # The training guard leaves five minutes of the hour for loading, compiling, the final
+    # evaluation over every held-out character and sampling.
+    assert config.max_seconds <= 3300
+    assert config.eval_bytes is not None  # periodic evaluations read a prefix only
 
 
 def test_byte_classifier_smoke(tmp_path, bbc_root):

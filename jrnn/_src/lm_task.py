@@ -44,6 +44,8 @@ class LMPreset:
         evaluation reads the whole held-out split.
       max_seconds: wall-clock budget of training (None: ``train.steps`` only).
       seed: model init seed.
+      backend: the RNN time-loop backend (``"auto"``, ``"xla"``, ``"cpu"``, ...); it changes
+        the speed, not the model (a checkpoint loads with any backend).
       train: optimizer and loop settings.
     """
 
@@ -57,6 +59,7 @@ class LMPreset:
     eval_bytes: int | None = None
     max_seconds: float | None = None
     seed: int = 0
+    backend: str = "auto"
     train: TrainConfig = TrainConfig()
 
     def replace(self, **changes: Any) -> LMPreset:
@@ -87,20 +90,21 @@ PRESETS: dict[str, LMPreset] = {
     ),
     "cpu": LMPreset(
         name="cpu",
-        hidden_size=256,
+        hidden_size=384,
         num_layers=2,
-        seq_len=64,
+        seq_len=128,
         eval_batch_size=64,
         eval_bytes=65_536,
-        max_seconds=780.0,
+        max_seconds=3300.0,
+        backend="cpu",
         train=TrainConfig(
-            steps=450,
+            steps=4400,
             batch_size=32,
-            learning_rate=4e-3,
-            warmup_steps=30,
-            eval_every=100,
-            log_every=10,
-            checkpoint_every=100,
+            learning_rate=3e-3,
+            warmup_steps=50,
+            eval_every=500,
+            log_every=25,
+            checkpoint_every=500,
         ),
     ),
     "tpu": LMPreset(
@@ -132,7 +136,7 @@ def get_preset(name: str) -> LMPreset:
       >>> from jrnn import cli
       >>> p = cli.get_preset("cpu")
       >>> p.num_layers, p.hidden_size, p.seq_len, p.train.steps
-      (2, 256, 64, 450)
+      (2, 384, 128, 4400)
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
@@ -213,13 +217,13 @@ def _model_settings(preset: LMPreset) -> dict[str, Any]:
     }
 
 
-def _make_model(settings: dict[str, Any]) -> Any:
+def _make_model(settings: dict[str, Any], backend: str = "auto") -> Any:
     from flax import nnx
 
     from jrnn.models import CharLM
 
     kwargs = {k: v for k, v in settings.items() if k != "seed"}
-    return CharLM(**kwargs, rngs=nnx.Rngs(settings["seed"]))
+    return CharLM(**kwargs, backend=backend, rngs=nnx.Rngs(settings["seed"]))
 
 
 def _path(workdir: str | os.PathLike) -> Any:
@@ -332,7 +336,7 @@ def train_lm(
         f"char LM [{preset.name}]: {len(split.train):,} train bytes, "
         f"{len(split.validation):,} held-out bytes, {cfg.steps} steps"
     )
-    model = _make_model(settings)
+    model = _make_model(settings, preset.backend)
     periodic = split.validation
     if preset.eval_bytes is not None:
         periodic = periodic[: preset.eval_bytes]
