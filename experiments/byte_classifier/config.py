@@ -150,15 +150,16 @@ def smoke() -> Config:
 
 
 def cpu() -> Config:
-    """Under an hour on one CPU core (pre-training included): 1 bidirectional LSTM layer of 128.
+    """About 45 minutes on one CPU core (under an hour by its budgets): 1 bidirectional
+    LSTM layer of 128.
 
-    The lecture's model at a CPU size, trained the way RNN classifiers with little labelled
-    data are: both directions are first pre-trained as byte language models on the training
-    articles' full text (``pretrain_steps``), then the classifier is fine-tuned on up to eight
-    256-byte windows of every training article with target replication (every step's output
-    must also predict the label), and each test article's prediction averages the
-    log-probabilities of up to eight of its windows (the first window alone is also reported).
-    Each phase has a wall-clock budget, so the whole command stays within the hour.
+    The lecture's model at a CPU size, trained on up to eight 256-byte windows of every
+    training article with target replication (every step's output must also predict the label,
+    which gets the gradient through the 256 steps), AdamW at 1e-3 (3e-3 stays at chance for
+    hundreds of steps); each test article's prediction averages the log-probabilities of up to
+    eight of its windows (the first window alone is also reported). Language-model
+    pre-training (``pretrain_steps``) is available but off: at this size it slowed the
+    classifier down (docs/results.md). ``max_seconds`` keeps the command within the hour.
     """
     return Config(
         name="cpu",
@@ -167,20 +168,16 @@ def cpu() -> Config:
         dropout=0.1,
         windows_per_article=8,
         test_windows=8,
-        pretrain_steps=2400,
-        pretrain_learning_rate=4e-3,
-        pretrain_warmup_steps=30,
-        pretrain_max_seconds=1200.0,
         target_replication=0.5,
-        max_seconds=1800.0,
+        max_seconds=3250.0,
         train=TrainConfig(
-            steps=3000,
+            steps=9000,
             batch_size=32,
-            learning_rate=3e-3,
-            warmup_steps=40,
+            learning_rate=1e-3,
+            warmup_steps=100,
             eval_every=500,
             log_every=25,
-            checkpoint_every=500,
+            checkpoint_every=1000,
         ),
     )
 
