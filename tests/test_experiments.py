@@ -166,6 +166,22 @@ def test_byte_classifier_smoke(tmp_path, bbc_root):
     assert (tmp_path / "summary.json").exists()
 
 
+def test_byte_classifier_smoke_pretrained_and_window_averaged(tmp_path, bbc_root):
+    config = clf_config.get_config("smoke").replace(
+        bbc_root=bbc_root, pretrain_steps=10, test_windows=3, freeze_rnn_steps=5
+    )
+    summary = clf_train.train_and_evaluate(config, str(tmp_path))
+    assert summary["pretrain"]["steps"] == 10
+    assert len(jtrain.read_jsonl(tmp_path / "pretrain.jsonl")) == 2  # log_every=5
+    assert summary["test_examples"] == 16 and summary["test_windows"] == 16 * 3  # 400+ bytes
+    cm = np.array(summary["confusion_matrix"])
+    assert np.trace(cm) / cm.sum() == pytest.approx(summary["test_accuracy"])
+    assert 0.0 <= summary["test_accuracy_first_window"] <= 1.0
+    rows = [r for r in jtrain.read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    assert rows[-1]["eval_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert "eval_accuracy_first_window" in rows[-1]
+
+
 def test_sorter_smoke_cli(tmp_path):
     summary = sort_train.main(["--config", "smoke", "--workdir", str(tmp_path)])
     config = sort_config.get_config("smoke")
@@ -320,3 +336,158 @@ def test_naive_bayes_baseline_matches_hand_computation():
     acc, pred = baseline.naive_bayes(train, test)
     assert pred.tolist() == [1, 0, 0, 1]
     assert acc == 0.75
+
+
+def test_classifier_average_windows_matches_a_loop():
+    rng = np.random.default_rng(0)
+    ids = ["a", "a", "a", "b", "c", "c", "a"]  # a later run of "a" is another article
+    logits = rng.normal(size=(len(ids), 3))
+    lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    for average in ("log_prob", "prob"):
+        scores, first = clf_train.average_windows(lp, ids, average)
+        runs = [[0, 1, 2], [3], [4, 5], [6]]
+        assert first.tolist() == [r[0] for r in runs]
+        for row, run in zip(scores, runs, strict=True):
+            values = [lp[i] if average == "log_prob" else np.exp(lp[i]) for i in run]
+            np.testing.assert_allclose(row, np.mean(values, axis=0), rtol=1e-12)
+        labels = np.array([0, 0, 0, 1, 2, 2, 1])
+        got = clf_train.accuracy_by_windows(lp, ids, labels, average)
+        expected = []
+        for k in (1, 2, 3):
+            right = 0
+            for run in runs:
+                values = [lp[i] if average == "log_prob" else np.exp(lp[i]) for i in run[:k]]
+                right += int(np.argmax(np.mean(values, axis=0)) == labels[run[0]])
+            expected.append(right / len(runs))
+        assert got == pytest.approx(expected)
+
+
+def test_load_bbc_test_windows_and_whole_articles(tmp_path):
+    import jrnn.data as jd
+
+    root = write_bbc_fixture(tmp_path, per_class=5)
+    whole = jd.load_bbc(root, seq_len=None)
+    split = jd.load_bbc(root, seq_len=64, windows_per_article=3, test_windows_per_article=4)
+    one = jd.load_bbc(root, seq_len=64)
+    assert whole.train.ids == tuple(dict.fromkeys(split.train.ids))  # same split, one row each
+    for data, full in ((split.train, whole.train), (split.test, whole.test)):
+        k = 3 if data is split.train else 4
+        rows = 0
+        for i, article in enumerate(full.ids):
+            text = full.tokens[i, : full.lengths[i]]
+            expected = [text[j * 64 : (j + 1) * 64] for j in range(k)]
+            expected = [e for j, e in enumerate(expected) if j == 0 or len(e) >= 32]
+            for e in expected:
+                assert data.ids[rows] == article
+                np.testing.assert_array_equal(data.tokens[rows, : data.lengths[rows]], e)
+                rows += 1
+        assert rows == len(data.ids)
+    # The file's bytes (ASCII) are the whole article.
+    name = whole.train.ids[0]
+    raw = (tmp_path / f"{name}.txt").read_bytes()
+    assert whole.train.tokens[0, : whole.train.lengths[0]].tobytes() == raw
+    first = np.r_[True, np.asarray(split.test.ids[1:]) != np.asarray(split.test.ids[:-1])]
+    np.testing.assert_array_equal(split.test.tokens[first], one.test.tokens)
+
+
+def test_classifier_lm_loss_matches_numpy_and_directions_are_causal():
+    from flax import nnx
+
+    from experiments.byte_classifier import pretrain
+    from jrnn.models import ByteClassifier
+
+    clf = ByteClassifier(num_classes=4, hidden_size=8, num_layers=1, rngs=nnx.Rngs(0))
+    lm = pretrain.BidirectionalLM(clf, rngs=nnx.Rngs(1))
+    assert lm.rnn is clf.rnn
+    x = np.random.default_rng(0).integers(1, 128, size=(3, 7)).astype(np.int32)
+    fwd, bwd = (np.asarray(a, np.float64) for a in lm(x))
+    loss, (lf, lb) = pretrain.lm_loss(lm, x)
+
+    def ce(logits, targets):
+        z = logits - logits.max(-1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return -np.mean(np.take_along_axis(lp, targets[..., None], -1))
+
+    assert float(lf) == pytest.approx(ce(fwd[:, :-1], x[:, 1:]), rel=1e-5)
+    assert float(lb) == pytest.approx(ce(bwd[:, 1:], x[:, :-1]), rel=1e-5)
+    assert float(loss) == pytest.approx((float(lf) + float(lb)) / 2, rel=1e-6)
+    # Forward outputs at t never see byte t + 1 (its target); backward at t never see t - 1.
+    y = x.copy()
+    y[:, 4] = (y[:, 4] % 127) + 1
+    fwd2, bwd2 = (np.asarray(a) for a in lm(y))
+    np.testing.assert_allclose(fwd2[:, :4], fwd[:, :4], rtol=1e-6)
+    np.testing.assert_allclose(bwd2[:, 5:], bwd[:, 5:], rtol=1e-6)
+    assert not np.allclose(fwd2[:, 4:], fwd[:, 4:]) and not np.allclose(bwd2[:, :5], bwd[:, :5])
+
+
+def test_classifier_pretrain_windows_and_in_place_training():
+    from flax import nnx
+
+    from experiments.byte_classifier import pretrain
+    from jrnn.models import ByteClassifier
+
+    stream = np.frombuffer(b"abcabcabd " * 200, np.uint8)
+    w = pretrain.random_windows(stream, 5, 12, np.random.default_rng(3))
+    starts = np.random.default_rng(3).integers(0, len(stream) - 12 + 1, size=5)
+    np.testing.assert_array_equal(w, np.stack([stream[s : s + 12] for s in starts]))
+    toks = np.array([[1, 2, 3, 0], [4, 5, 0, 0]], np.uint8)
+    assert pretrain.text_stream(toks, np.array([3, 1])).tolist() == [1, 2, 3, 4]
+
+    clf = ByteClassifier(num_classes=4, hidden_size=16, num_layers=1, rngs=nnx.Rngs(0))
+    before = jax.tree.map(np.array, nnx.state(clf, nnx.Param))
+    cfg = jtrain.TrainConfig(
+        steps=60, batch_size=8, learning_rate=1e-2, warmup_steps=5, log_every=20, progress=False
+    )
+    out = pretrain.pretrain(clf, stream, cfg, seq_len=32, seed=0)
+    assert out["steps"] == 60 and out["loss"] < 2.0  # uniform: log(128) = 4.85
+    after = nnx.state(clf, nnx.Param)
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
+    flat = dict(jax.tree_util.tree_leaves_with_path(changed))
+    assert any(v for k, v in flat.items() if getattr(k[0], "key", None) == "rnn")
+    assert not any(v for k, v in flat.items() if getattr(k[0], "key", None) != "rnn")
+
+
+def test_classifier_finetune_optimizer_scales_and_freezes_the_rnn():
+    from flax import nnx
+
+    from jrnn.models import ByteClassifier
+
+    clf = ByteClassifier(num_classes=4, hidden_size=8, num_layers=1, rngs=nnx.Rngs(0))
+    params = nnx.state(clf, nnx.Param)
+    grads = jax.tree.map(lambda p: np.full(p.shape, 0.01, np.float32), params)
+    base = clf_config.get_config("smoke")
+    assert clf_train.make_optimizer(base) is None
+
+    def first_update(config):
+        tx = clf_train.make_optimizer(config) or jtrain.make_optimizer(config.train)
+        with jax.numpy_dtype_promotion("standard"):  # as jrnn.train's step does
+            updates, _ = tx.update(grads, tx.init(params), params)
+        return dict(jax.tree_util.tree_leaves_with_path(updates))
+
+    ref = first_update(base)
+    for config, rnn_ratio in (
+        (base.replace(rnn_lr_scale=0.25), 0.25),
+        (base.replace(freeze_rnn_steps=3), 0.0),
+    ):
+        got = first_update(config)
+        for k, v in got.items():
+            ratio = rnn_ratio if getattr(k[0], "key", None) == "rnn" else 1.0
+            np.testing.assert_allclose(np.asarray(v), ratio * np.asarray(ref[k]), rtol=1e-6)
+
+
+def test_naive_bayes_windows_average_the_log_posteriors():
+    from experiments.byte_classifier import baseline
+    from jrnn.data._classification import build_dataset
+
+    def dataset(texts, labels, ids):
+        pieces = [np.frombuffer(t.encode(), np.uint8) for t in texts]
+        return build_dataset(pieces, labels, ids, ["x", "y"], 16)
+
+    train = dataset(["A a b.", "b B c"], [0, 1], ["0", "1"])
+    test = dataset(["b", "a a", "c", "b b"], [0, 0, 1, 1], ["p", "p", "q", "q"])
+    lp = baseline.naive_bayes_scores(train, test)
+    np.testing.assert_allclose(np.exp(lp).sum(axis=1), 1.0)
+    acc, first, pred = baseline.naive_bayes_windows(train, test)
+    expected = [int(np.argmax(lp[0] + lp[1])), int(np.argmax(lp[2] + lp[3]))]
+    assert pred.tolist() == expected == [0, 1]
+    assert (acc, first) == (1.0, 0.5)  # "b" alone says y

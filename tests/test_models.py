@@ -218,3 +218,31 @@ def test_cells_by_name(cell):
     clf = ByteClassifier(num_classes=2, hidden_size=6, num_layers=1, cell=cell, rngs=nnx.Rngs(0))
     out = jax.jit(clf)(jnp.ones((2, 4), jnp.int32), jnp.array([4, 2], jnp.int32))
     assert out.shape == (2, 2) and bool(jnp.isfinite(out).all())
+
+
+def test_byte_classifier_sequence_features_and_head_match_the_call():
+    import numpy as np
+    from flax import nnx
+
+    from jrnn.models import ByteClassifier
+
+    clf = ByteClassifier(num_classes=3, hidden_size=6, num_layers=2, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).integers(1, 128, size=(3, 9)).astype(np.int32)
+    lengths = np.array([9, 4, 1], np.int32)
+    ys, fwd, bwd = clf.sequence_features(x, lengths, deterministic=True)
+    ys = np.asarray(ys)
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(np.asarray(fwd)[i], ys[i, n - 1, :6])
+        np.testing.assert_array_equal(np.asarray(bwd)[i], ys[i, 0, 6:])
+    np.testing.assert_allclose(
+        np.asarray(clf.head(fwd, bwd)), np.asarray(clf(x, lengths, deterministic=True)), rtol=1e-6
+    )
+    # head() is linear in the summed projections (the lecture's head has no activation).
+    w = np.asarray(clf.classifier.kernel.value)
+    expected = (
+        np.asarray(fwd) @ np.asarray(clf.proj_fwd.kernel.value)
+        + np.asarray(clf.proj_fwd.bias.value)
+        + np.asarray(bwd) @ np.asarray(clf.proj_bwd.kernel.value)
+        + np.asarray(clf.proj_bwd.bias.value)
+    ) @ w + np.asarray(clf.classifier.bias.value)
+    np.testing.assert_allclose(np.asarray(clf.head(fwd, bwd)), expected, rtol=1e-5, atol=1e-6)

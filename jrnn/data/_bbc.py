@@ -98,10 +98,11 @@ def _split_by_headline(
 def load_bbc(
     root: str | pathlib.Path | None = None,
     classes: Sequence[str] = DEFAULT_BBC_CLASSES,
-    seq_len: int = 256,
+    seq_len: int | None = 256,
     test_fraction: float = 0.2,
     seed: int = 0,
     windows_per_article: int = 1,
+    test_windows_per_article: int = 1,
 ) -> DatasetSplit:
     """Loads BBC News topic classification as byte windows, split train/test by article.
 
@@ -124,17 +125,20 @@ def load_bbc(
     4. The model input is the first ``seq_len`` bytes (headline and lead), zero-padded, with
        its true length in ``lengths``. With ``windows_per_article = k > 1``, training articles
        give up to ``k`` consecutive windows ``[i * seq_len, (i + 1) * seq_len)`` (a window after
-       the first is kept only if it has at least ``seq_len // 2`` bytes); the test split always
-       has one window per article.
+       the first is kept only if it has at least ``seq_len // 2`` bytes); the test split has one
+       window per article unless ``test_windows_per_article`` asks for more (same rule).
+       ``seq_len=None`` gives each article whole, one row each (padded to the longest).
 
     Args:
       root: folder holding one sub-folder per class; defaults to the installed package's.
       classes: class folder names (the package has business, entertainment, politics, sports,
         tech); the default is the lecture's four topics.
-      seq_len: bytes per example.
+      seq_len: bytes per example; None: the whole article (the longest article's length).
       test_fraction: share of each class's articles in the test split, in [0, 1).
       seed: non-negative int selecting the split.
       windows_per_article: maximum windows per training article.
+      test_windows_per_article: maximum windows per test article (rows of one article share
+        its id, in reading order).
 
     Returns:
       ``DatasetSplit(train, test)`` of :class:`ClassificationDataset`; ``ids`` are
@@ -150,10 +154,14 @@ def load_bbc(
       >>> len(train) + len(test), train.class_names  # doctest: +SKIP
       (1758, ('business', 'politics', 'sports', 'tech'))
     """
-    seq_len = _checks.check_int("seq_len", seq_len, minimum=1)
+    if seq_len is not None:
+        seq_len = _checks.check_int("seq_len", seq_len, minimum=1)
     test_fraction = _checks.check_fraction("test_fraction", test_fraction, allow_zero=True)
     seed = _checks.check_seed("seed", seed)
     windows_per_article = _checks.check_int("windows_per_article", windows_per_article, minimum=1)
+    test_windows_per_article = _checks.check_int(
+        "test_windows_per_article", test_windows_per_article, minimum=1
+    )
     if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
         raise TypeError(f"classes must be a sequence of folder names, got {classes!r}")
     classes = tuple(classes)
@@ -165,6 +173,9 @@ def load_bbc(
 
     articles = _read_articles(root, classes)
     train, test = _split_by_headline(articles, len(classes), test_fraction, seed)
+    if seq_len is None:  # whole articles, one row each
+        seq_len = max([len(a.tokens) for a in articles] + [1])
+        windows_per_article = test_windows_per_article = 1
 
     def assemble(split: list[_Article], max_windows: int) -> ClassificationDataset:
         pieces, labels, ids = [], [], []
@@ -175,4 +186,6 @@ def load_bbc(
                 ids.append(article.id)
         return build_dataset(pieces, labels, ids, classes, seq_len)
 
-    return DatasetSplit(assemble(train, windows_per_article), assemble(test, 1))
+    return DatasetSplit(
+        assemble(train, windows_per_article), assemble(test, test_windows_per_article)
+    )

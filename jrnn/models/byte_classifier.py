@@ -118,6 +118,20 @@ class ByteClassifier(nnx.Module):
     ) -> tuple[Array, Array]:
         """The two summaries: ``(forward output at lengths - 1, backward output at 0)``,
         each ``[b, h]`` float32 (zero for a length-0 row)."""
+        _, fwd, bwd = self.sequence_features(tokens, lengths, key=key, deterministic=deterministic)
+        return fwd, bwd
+
+    def sequence_features(
+        self,
+        tokens: Any,
+        lengths: Any = None,
+        *,
+        key: Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[Array, Array, Array]:
+        """``(ys, fwd, bwd)``: the last layer's outputs at every step ``ys [b, t, 2h]``
+        (forward | backward, zero after ``lengths``; dropout, when active, applies to the two
+        summaries only) and the two summaries of :meth:`features` (for auxiliary losses)."""
         tokens = jflax.check_tokens(tokens, self.vocab_size)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [batch, time], got {tokens.shape}")
@@ -135,7 +149,13 @@ class ByteClassifier(nnx.Module):
             k_f, k_b = jax.random.split(k_out)
             fwd = jflax.dropout(fwd, self.dropout_rate, k_f)
             bwd = jflax.dropout(bwd, self.dropout_rate, k_b)
-        return fwd, bwd
+        return ys, fwd, bwd
+
+    def head(self, fwd: Array, bwd: Array) -> Array:
+        """Class logits from the two summaries (``[..., h]`` each; any leading dims)."""
+        e = self.proj_fwd(fwd) + self.proj_bwd(bwd)
+        e = _ACTIVATIONS[self.head_activation](e)
+        return self.classifier(e).astype(jnp.float32)
 
     def __call__(
         self,
@@ -159,6 +179,4 @@ class ByteClassifier(nnx.Module):
           float32 ``[b, num_classes]``.
         """
         fwd, bwd = self.features(tokens, lengths, key=key, deterministic=deterministic)
-        e = self.proj_fwd(fwd) + self.proj_bwd(bwd)
-        e = _ACTIVATIONS[self.head_activation](e)
-        return self.classifier(e).astype(jnp.float32)
+        return self.head(fwd, bwd)
