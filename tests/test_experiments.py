@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 import jax
@@ -24,6 +23,7 @@ from experiments.char_lm import train as lm_train
 from experiments.sorter import config as sort_config
 from experiments.sorter import train as sort_train
 from jrnn import train as jtrain
+from jrnn._src import lm_task
 
 CLASSES = ("business", "politics", "sports", "tech")
 # Each class writes its articles with its own few letters: learnable in a few dozen steps.
@@ -121,9 +121,6 @@ def test_char_lm_backend_cpu_matches_xla(text_file, monkeypatch):
         assert model.rnn.backend == backend
         summary = lm_train.train_and_evaluate(config, None)
         runs[backend] = (summary, model)
-    # make_model sets the kernel's threads to the cores this process may use (taskset).
-    if hasattr(os, "sched_getaffinity"):
-        assert os.environ["JRNN_CPU_THREADS"] == str(len(os.sched_getaffinity(0)))
     (s_xla, m_xla), (s_cpu, m_cpu) = runs["xla"], runs["cpu"]
     assert s_cpu["heldout_nats_per_char"] == pytest.approx(s_xla["heldout_nats_per_char"], rel=1e-4)
     assert s_cpu["final_train"]["loss"] == pytest.approx(s_xla["final_train"]["loss"], rel=1e-4)
@@ -133,6 +130,19 @@ def test_char_lm_backend_cpu_matches_xla(text_file, monkeypatch):
     assert len(p_xla) == len(p_cpu) > 0
     for a, b in zip(p_xla, p_cpu, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)
+
+
+def test_cpu_backend_preference_off_the_cpu(monkeypatch):
+    # A preset's "cpu" (the C++ kernel, CPU platform only) means "auto" on a GPU or TPU, so the
+    # `cpu` presets and `jrnn train-lm` run there; other backends are passed through as given.
+    config = lm_config.get_config("smoke").replace(backend="cpu")
+    assert lm_train.make_model(config).rnn.backend == "cpu"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert lm_task.platform_backend("cpu") == "auto"
+    assert lm_task.platform_backend("xla") == "xla"
+    assert lm_train.make_model(config).rnn.backend == "auto"
+    settings = lm_task._model_settings(lm_task.PRESETS["smoke"])
+    assert lm_task._make_model(settings, "cpu").rnn.backend == "auto"
 
 
 def test_char_lm_cpu_preset_fits_one_core_hour():

@@ -15,7 +15,6 @@ every held-out character. In Colab: ``from experiments.char_lm import config, tr
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -47,18 +46,16 @@ def load_text(config: config_lib.Config, *, shakespeare_root: str | None = None)
 def make_model(config: config_lib.Config) -> CharLM:
     """The :class:`jrnn.models.CharLM` of ``config`` (128-byte vocabulary).
 
-    With ``backend="cpu"`` the kernel's thread count defaults to the cores this process may run
-    on (``taskset``), unless ``JRNN_CPU_THREADS`` is set.
+    ``backend="cpu"`` (the C++ kernel) applies on the CPU platform; elsewhere it means
+    ``"auto"`` (:func:`jrnn._src.lm_task.platform_backend`).
     """
-    if config.backend == "cpu" and hasattr(os, "sched_getaffinity"):
-        os.environ.setdefault("JRNN_CPU_THREADS", str(len(os.sched_getaffinity(0))))
     return CharLM(
         vocab_size=128,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
         cell=config.cell,
         dropout=config.dropout,
-        backend=config.backend,
+        backend=lm_task.platform_backend(config.backend),
         rngs=nnx.Rngs(config.seed),
     )
 

@@ -45,7 +45,8 @@ class LMPreset:
       max_seconds: wall-clock budget of training (None: ``train.steps`` only).
       seed: model init seed.
       backend: the RNN time-loop backend (``"auto"``, ``"xla"``, ``"cpu"``, ...); it changes
-        the speed, not the model (a checkpoint loads with any backend).
+        the speed, not the model (a checkpoint loads with any backend). ``"cpu"`` (the C++
+        kernel) is used on the CPU platform only; on a GPU or TPU it means ``"auto"``.
       train: optimizer and loop settings.
     """
 
@@ -217,13 +218,28 @@ def _model_settings(preset: LMPreset) -> dict[str, Any]:
     }
 
 
+def platform_backend(backend: str) -> str:
+    """A preset's backend on this platform: ``"cpu"`` (the C++ kernel, a CPU-only backend)
+    becomes ``"auto"`` where JAX's default platform is not the CPU; others are unchanged.
+
+    Example:
+      >>> platform_backend("xla")
+      'xla'
+    """
+    import jax
+
+    if backend == "cpu" and jax.default_backend() != "cpu":
+        return "auto"
+    return backend
+
+
 def _make_model(settings: dict[str, Any], backend: str = "auto") -> Any:
     from flax import nnx
 
     from jrnn.models import CharLM
 
     kwargs = {k: v for k, v in settings.items() if k != "seed"}
-    return CharLM(**kwargs, backend=backend, rngs=nnx.Rngs(settings["seed"]))
+    return CharLM(**kwargs, backend=platform_backend(backend), rngs=nnx.Rngs(settings["seed"]))
 
 
 def _path(workdir: str | os.PathLike) -> Any:

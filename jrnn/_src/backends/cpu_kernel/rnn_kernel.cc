@@ -192,9 +192,22 @@ Pool& pool() {
   return *p;
 }
 
+// The cores this process may run on (taskset / cgroup cpusets), else the hardware's count.
+int usable_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  return (int)std::max(1u, std::thread::hardware_concurrency());
+}
+
 // Threads for a step of `fmas` multiply-adds split over `panels` panels.
 int num_threads(int64_t fmas, int64_t panels) {
-  int hw = (int)std::max(1u, std::thread::hardware_concurrency());
+  static const int hw = usable_cores();
   int nt = hw;
   if (const char* env = std::getenv("JRNN_CPU_THREADS")) {
     int v = std::atoi(env);
