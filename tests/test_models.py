@@ -238,11 +238,11 @@ def test_byte_classifier_sequence_features_and_head_match_the_call():
         np.asarray(clf.head(fwd, bwd)), np.asarray(clf(x, lengths, deterministic=True)), rtol=1e-6
     )
     # head() is linear in the summed projections (the lecture's head has no activation).
-    w = np.asarray(clf.classifier.kernel.value)
+    w = np.asarray(clf.classifier.kernel[...])
     expected = (
-        np.asarray(fwd) @ np.asarray(clf.proj_fwd.kernel.value)
-        + np.asarray(clf.proj_fwd.bias.value)
-        + np.asarray(bwd) @ np.asarray(clf.proj_bwd.kernel.value)
-        + np.asarray(clf.proj_bwd.bias.value)
-    ) @ w + np.asarray(clf.classifier.bias.value)
+        np.asarray(fwd) @ np.asarray(clf.proj_fwd.kernel[...])
+        + np.asarray(clf.proj_fwd.bias[...])
+        + np.asarray(bwd) @ np.asarray(clf.proj_bwd.kernel[...])
+        + np.asarray(clf.proj_bwd.bias[...])
+    ) @ w + np.asarray(clf.classifier.bias[...])
     np.testing.assert_allclose(np.asarray(clf.head(fwd, bwd)), expected, rtol=1e-5, atol=1e-6)
