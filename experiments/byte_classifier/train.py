@@ -188,16 +188,21 @@ def train_batches(
         epoch, skip = epoch + 1, 0
 
 
+@nnx.jit
+def _log_probs(model: ByteClassifier, tokens: Any, lengths: Any) -> Any:
+    # One jitted function for every evaluation (a new lambda per call would recompile).
+    return jax.nn.log_softmax(model(tokens, lengths, deterministic=True), axis=-1)
+
+
 def window_log_probs(
     model: ByteClassifier, data: jd.ClassificationDataset, config: config_lib.Config
 ) -> np.ndarray:
     """Float32 ``[n, classes]`` log-probabilities of every row of ``data`` (evaluation mode)."""
-    predict = nnx.jit(lambda m, x, n: jax.nn.log_softmax(m(x, n, deterministic=True), axis=-1))
     out = []
     for batch in jd.classification_batches(
         data, config.eval_batch_size, seed=None, shuffle=False, drop_remainder=False
     ):
-        lp = np.asarray(predict(model, batch["tokens"].astype(np.int32), batch["lengths"]))
+        lp = np.asarray(_log_probs(model, batch["tokens"].astype(np.int32), batch["lengths"]))
         out.append(lp[batch["mask"]])
     return np.concatenate(out).astype(np.float32)
 
