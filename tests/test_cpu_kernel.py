@@ -7,6 +7,7 @@ inputs, lengths, reverse, resets, every-step carries and odd sizes, under jit, v
 environment, so a failed build fails these tests instead of skipping them.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -134,6 +135,9 @@ def test_matches_reference_more_configs(cell_name, config):
         ("gru", 130, 33, 9, "2"),
         ("elman_tanh", 7, 33, 0, None),
         ("lstm", 7, 3, 257, None),
+        # hidden 300: backward panels of 4 unit vectors (2 with 130), the last one partly empty
+        ("lstm", 300, 5, 7, "2"),
+        pytest.param("gru", 300, 4, 5, "1", marks=pytest.mark.slow),
         pytest.param("lstm", 130, 3, 9, "2", marks=pytest.mark.slow),
         pytest.param("seed_rnn", 130, 5, 4, "2", marks=pytest.mark.slow),
         pytest.param("elman_relu", 130, 2, 257, "2", marks=pytest.mark.slow),
@@ -195,6 +199,88 @@ def test_bidirectional_stack_vmap_scan_grad(cell_name):
     _close(got, ref, 2e-5)
 
 
+@pytest.mark.parametrize("cell_name", ["lstm", "gru", "seed_rnn"])
+def test_tokens_with_pad_ids_and_bidirectional_vmap(cell_name):
+    """Token inputs run through ``run_tokens`` (the kernel reads rows of the projection table,
+    its backward adds dz into the table's gradient; the GRU keeps no dxp): a bidirectional
+    2-layer stack (vmap over directions) with PAD ids -1 and ``vocab`` in the padding, values
+    and gradients against "xla"; no [t, b, g] projection appears in the forward's HLO."""
+    vocab, T, B = 11, 9, 4
+    net = jrnn.rnn(CELLS[cell_name](6), num_layers=2, bidirectional=True)
+    params = net.init(jax.random.key(0), vocab)
+    lengths = jnp.array([9, 4, 0, 6])
+    tokens = jax.random.randint(jax.random.key(1), (B, T), 0, vocab)
+    pad = jnp.arange(T)[None, :] >= lengths[:, None]
+    tokens = jnp.where(pad, jnp.where(jnp.arange(B)[:, None] % 2 == 0, -1, vocab), tokens)
+
+    def loss(backend):
+        def f(params):
+            ys, out = net.apply(params, tokens, lengths=lengths, backend=backend)
+            return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(a * a) for a in jax.tree.leaves(out))
+
+        return f
+
+    want = jax.jit(jax.value_and_grad(loss("xla")))(params)
+    got = jax.jit(jax.value_and_grad(loss("cpu")))(params)
+    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(got))
+    _close(got, want, 2e-5)
+    cell = CELLS[cell_name](6)
+    p1 = cell.init(jax.random.key(2), vocab)
+    hlo = jax.jit(lambda p: jrnn.unroll(cell, p, tokens, backend="cpu")[1]).lower(p1).as_text()
+    gw = p1.w_ih.shape[1]
+    assert "jrnn_rnn_fwd" in hlo and f"{T}x{B}x{gw}xf32" not in hlo
+
+
+def test_auto_picks_the_kernel_on_cpu_for_float32_only():
+    """ "auto" runs the kernel on CPU for float32 calls it supports, "xla" for the others."""
+    x = jnp.zeros((2, 5, 3))
+
+    def lowered(cell, x):
+        params = cell.init(jax.random.key(0), 3)
+        return jax.jit(lambda p, x: jrnn.unroll(cell, p, x)[1]).lower(params, x).as_text()
+
+    assert "jrnn_rnn_fwd" in lowered(jrnn.lstm(4), x)
+    assert "jrnn_rnn_fwd" in lowered(jrnn.gru(4), jnp.zeros((2, 5), jnp.int32))
+    assert "jrnn_rnn_fwd" not in lowered(jrnn.lstm(4, peepholes=True), x)
+    assert "jrnn_rnn_fwd" not in lowered(jrnn.lstm(4, dtype=jnp.bfloat16), x)
+    cell = jrnn.gru(4)  # bfloat16 inputs are projected to float32 first: the kernel runs them
+    params = cell.init(jax.random.key(0), 3)
+    xb = x.astype(jnp.bfloat16)
+    assert "jrnn_rnn_fwd" in lowered(cell, xb)
+    ys = jax.jit(lambda p, x: jrnn.unroll(cell, p, x)[1])(params, xb)
+    _close(ys, jrnn.unroll(cell, params, xb, backend="xla")[1])
+    # arrays the kernel cannot take: "auto" asks `accepts` and runs "xla" instead
+    carry = cell.initial_carry(2)
+    assert cpu.accepts(params, x, carry, tokens=False)
+    p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    assert not cpu.accepts(p16, x, carry, tokens=False)
+    assert not cpu.accepts(params, xb, carry, tokens=False)
+    assert not cpu.accepts(params, x, carry.astype(jnp.bfloat16), tokens=False)
+    assert cpu.accepts(params, jnp.zeros((5, 2), jnp.int32), carry, tokens=True)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru", "elman_relu", "seed_rnn"])
+def test_jax_export_lowers_the_kernel_as_xla(cell_name):
+    """jax.export serialises the forward as the "xla" loop (no jrnn custom call in the module),
+    with tokens, lengths, return_carries and vmap over directions; its values equal "xla"."""
+    net = jrnn.rnn(CELLS[cell_name](6), num_layers=2, bidirectional=True)
+    vocab = 7
+    params = net.init(jax.random.key(0), vocab)
+    tokens = jax.random.randint(jax.random.key(1), (3, 5), 0, vocab)
+    lengths = jnp.array([5, 2, 0])
+
+    def f(p, x, backend):
+        return net.apply(p, x, lengths=lengths, backend=backend)
+
+    exp = jax.export.export(jax.jit(functools.partial(f, backend="cpu")))(params, tokens)
+    assert "jrnn_rnn" not in exp.mlir_module()
+    got = jax.export.deserialize(exp.serialize()).call(params, tokens)
+    _close(got, f(params, tokens, "xla"), 1e-6)
+    _close(got, jax.jit(functools.partial(f, backend="cpu"))(params, tokens), 2e-5)
+    lowered = jax.jit(functools.partial(f, backend="cpu")).lower(params, tokens).as_text()
+    assert "jrnn_rnn_fwd" in lowered  # a plain jit still runs the kernel
+
+
 def test_vmap_of_unroll():
     """vmap over independent problems (different params per member)."""
     cell = jrnn.lstm(5)
@@ -227,8 +313,14 @@ def test_supports_declines_with_reasons():
         assert cpu.supports(cell(4)) is None
 
 
-def test_fallback_to_xla_when_the_build_fails(tmp_path):
-    """A failing compiler (JRNN_CXX=false): one RuntimeWarning, then the "xla" results."""
+@pytest.mark.parametrize(
+    "extra_env,cause",
+    [({}, "failed"), ({"JRNN_CPU_KERNEL": "0", "JRNN_CXX": "g++"}, "JRNN_CPU_KERNEL=0")],
+    ids=["build-fails", "turned-off"],
+)
+def test_fallback_to_xla_when_the_build_fails(tmp_path, extra_env, cause):
+    """A failing compiler (JRNN_CXX=false) or JRNN_CPU_KERNEL=0: one RuntimeWarning for an
+    explicit backend="cpu", none for "auto", and the "xla" results either way."""
     script = textwrap.dedent(
         """
         import warnings
@@ -243,13 +335,27 @@ def test_fallback_to_xla_when_the_build_fails(tmp_path):
         b = jrnn.unroll(cell, p, xs, backend="xla")
         msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
         assert len(msgs) == 1, msgs
-        assert "running backend='xla'" in msgs[0] and "failed" in msgs[0], msgs[0]
+        assert "running backend='xla'" in msgs[0] and CAUSE in msgs[0], msgs[0]
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_array_equal(x, y)
+        # "auto" (the default) and token inputs: quietly "xla", same results
+        toks = jnp.array([[0, 3, 1, 2, 3], [1, 1, 0, 2, 9]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            c = jrnn.unroll(cell, p, toks, lengths=jnp.array([5, 4]))
+            hlo = jax.jit(lambda p: jrnn.unroll(cell, p, xs)[1]).lower(p).as_text()
+        assert "jrnn_rnn" not in hlo
+        d = jrnn.unroll(cell, p, toks, lengths=jnp.array([5, 4]), backend="xla")
+        e = jrnn.unroll(cell, p, toks, lengths=jnp.array([5, 4]), backend="cpu")
+        for x, y, z in zip(jax.tree.leaves(c), jax.tree.leaves(d), jax.tree.leaves(e)):
+            np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(z, y)
         print("FALLBACK OK")
         """
     )
     env = dict(os.environ, JRNN_CXX="false", JRNN_CACHE_DIR=str(tmp_path / "cache"))
+    script = script.replace("CAUSE", repr(cause))
+    env.update(extra_env)
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300

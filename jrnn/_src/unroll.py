@@ -361,12 +361,13 @@ def _run_time_major(
         return_carries=return_carries,
     )
     impl = resolve_backend(backend, cell, **features)
-    xp = cell.input_projection(params, xs_tm)
-    return impl.run(
+    return backends_lib.run_inputs(
+        impl,
         cell,
         params,
-        xp,
+        xs_tm,
         carry0,
+        tokens=features["tokens"],
         mask=mask,
         resets=resets,
         reverse=reverse,

@@ -33,11 +33,17 @@ BACKEND_NAMES = ("auto", "reference", "xla", "fused", "pallas", "associative", "
 
 
 class Backend(NamedTuple):
-    """A time-loop implementation: ``run`` and its ``supports`` predicate."""
+    """A time-loop implementation: ``run`` and its ``supports`` predicate.
+
+    ``run_tokens`` (optional, same signature as ``run`` with integer tokens ``[t, b...]`` in
+    place of ``xp``) runs token inputs without materialising their ``[t, b..., g]`` projection;
+    :func:`run_inputs` uses it when the backend has one.
+    """
 
     name: str
     run: Callable
     supports: Callable
+    run_tokens: Callable | None = None
 
 
 _MODULES = {
@@ -50,9 +56,11 @@ _MODULES = {
 
 # Preference order of "auto" per platform, from docs/backends.md's measurements.
 AUTO_ORDER = {
-    # Measured (docs/benchmarks.md): on CPU "xla" beats "fused" on 1-layer train steps and the
-    # associative scan loses on gradients; the Pallas interpreter is no fast path.
-    "cpu": ("xla",),
+    # Measured (docs/benchmarks.md): the C++ kernel ("cpu") beats "xla" on every measured CPU
+    # row; where it is unavailable (no compiler, JRNN_CPU_KERNEL=0) or declines the call
+    # (cell, dtype), "xla", which beats "fused" on 1-layer train steps; the associative scan
+    # loses on gradients and the Pallas interpreter is no fast path.
+    "cpu": ("cpu", "xla"),
     # Not measured (no GPU so far): the associative scan is plain XLA with O(log t) depth and
     # only takes cells linear in the carry. The GPU kernel's choice goes here (add "pallas"
     # and a `gpu_fits(cell, steps, batch)` in pallas.py: `fits` below already calls it).
@@ -71,7 +79,15 @@ def get(name: str) -> Backend:
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     module = importlib.import_module(_MODULES[name])
-    return Backend(name, module.run, module.supports)
+    return Backend(name, module.run, module.supports, getattr(module, "run_tokens", None))
+
+
+def run_inputs(backend: Backend, cell, params, xs, carry0, *, tokens: bool, **kw):
+    """``backend`` over time-major inputs ``xs``: token inputs through its ``run_tokens`` when
+    it has one, everything else projected by ``cell.input_projection`` and given to ``run``."""
+    if tokens and backend.run_tokens is not None:
+        return backend.run_tokens(cell, params, xs, carry0, **kw)
+    return backend.run(cell, params, cell.input_projection(params, xs), carry0, **kw)
 
 
 def available(name: str) -> bool:
@@ -83,12 +99,12 @@ def available(name: str) -> bool:
     return True
 
 
-def _run_for(name: str, platform: str) -> Callable:
-    """The ``run`` of backend ``name`` when lowered for ``platform`` (Pallas: that kernel)."""
-    run = get(name).run
+def _backend_for(name: str, platform: str) -> Backend:
+    """Backend ``name`` as lowered for ``platform`` (Pallas: that platform's kernel)."""
+    b = get(name)
     if name == "pallas" and platform in ("tpu", "gpu"):
-        run = functools.partial(run, kernel=platform, interpret=False)
-    return run
+        b = b._replace(run=functools.partial(b.run, kernel=platform, interpret=False))
+    return b
 
 
 def fits(name: str, platform: str, cell, steps: int, batch: int) -> str | None:
@@ -118,24 +134,38 @@ def auto(cell, default_platform: str, **features) -> Backend:
     ``default_platform`` (the default backend) covers platforms not named here.
     """
 
-    def run(cell, params, xp, carry0, *, mask, resets, reverse, unroll, return_carries):
-        leaf = jax.tree.leaves(xp)[0]  # xp may be a pytree (e.g. inputs plus dropout masks)
-        steps, batch = leaf.shape[0], math.prod(leaf.shape[1:-1])
+    def dispatch(cell, params, xs, carry0, tokens, mask, resets, **kw):
+        leaf = jax.tree.leaves(xs)[0]  # xp may be a pytree (e.g. inputs plus dropout masks)
+        steps = leaf.shape[0]
+        batch = math.prod(leaf.shape[1:] if tokens else leaf.shape[1:-1])
         picks = {p: choose(p, cell, steps, batch, **features) for p in PLATFORMS}
-        kw = dict(reverse=reverse, unroll=unroll, return_carries=return_carries)
+        for p, name in picks.items():  # a backend may also decline the arrays (dtypes)
+            accepts = getattr(importlib.import_module(_MODULES[name]), "accepts", None)
+            if accepts is not None and not accepts(params, xs, carry0, tokens=tokens):
+                picks[p] = "xla"
 
         def branch(platform):
-            run_p = _run_for(picks[platform], platform)
-            return lambda params, xp, carry0, mask, resets: run_p(
-                cell, params, xp, carry0, mask=mask, resets=resets, **kw
+            b = _backend_for(picks[platform], platform)
+            if tokens:  # raw tokens: the pick's run_tokens, or its run of their projection
+                return lambda params, xs, carry0, mask, resets: run_inputs(
+                    b, cell, params, xs, carry0, tokens=True, mask=mask, resets=resets, **kw
+                )
+            return lambda params, xs, carry0, mask, resets: b.run(
+                cell, params, xs, carry0, mask=mask, resets=resets, **kw
             )
 
         default = default_platform if default_platform in PLATFORMS else "cpu"
         if len({(picks[p], p if picks[p] == "pallas" else "") for p in PLATFORMS}) == 1:
-            return branch(default)(params, xp, carry0, mask, resets)
+            return branch(default)(params, xs, carry0, mask, resets)
         branches = {key: branch(p) for p, keys in PLATFORMS.items() for key in keys}
         return jax.lax.platform_dependent(
-            params, xp, carry0, mask, resets, default=branch(default), **branches
+            params, xs, carry0, mask, resets, default=branch(default), **branches
         )
 
-    return Backend("auto", run, lambda cell, **features: None)
+    def run(cell, params, xp, carry0, **kw):
+        return dispatch(cell, params, xp, carry0, False, **kw)
+
+    def run_tokens(cell, params, tokens, carry0, **kw):
+        return dispatch(cell, params, tokens, carry0, True, **kw)
+
+    return Backend("auto", run, lambda cell, **features: None, run_tokens)

@@ -26,11 +26,14 @@ working C++ compiler the backend warns once and runs ``"xla"``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import batching, mlir
 
 from jrnn._src.backends import cpu_kernel, xla
 
@@ -77,83 +80,183 @@ def supports(cell, **features) -> str | None:
     return _cell_id(cell)[1]
 
 
+def accepts(params, xs, carry0, *, tokens: bool) -> bool:
+    """Whether ``"auto"`` may run this call here: the kernel is available (asked quietly) and
+    the arrays are float32 (``"auto"`` runs ``"xla"`` otherwise; an explicit ``"cpu"`` raises)."""
+    if not cpu_kernel.load(warn=False):
+        return False
+    if not hasattr(xs, "dtype"):
+        return False
+    leaves = [getattr(params, "w_hh", None), *jax.tree.leaves(carry0)]
+    if not tokens:
+        leaves.append(xs)
+    return all(getattr(a, "dtype", None) == jnp.float32 for a in leaves)
+
+
 def _empty():
     return jax.ShapeDtypeStruct((0,), jnp.float32)
 
 
-def _fwd_call(cell_id, extra, reverse, save, carries, w, bh, xp, h0, c0, m8, r8):
-    T, B, _ = xp.shape
-    H = w.shape[0]
+def _fwd_shapes(cell_id, extra, save, carries, w, c0, m8, lead=()):
+    """The forward call's result shapes (``lead``: leading batch dims of every operand)."""
+    T, B = m8.shape[-2:]
+    H = w.shape[-2]
     HC = c0.shape[-1]
     out = extra if cell_id == 4 else H
     S = {0: 4 * H, 1: 4 * H, 4: extra + H}.get(cell_id, H)
-    f32 = jnp.float32
-    shapes = [
-        jax.ShapeDtypeStruct((T, B, out), f32),  # ys
-        jax.ShapeDtypeStruct((B, H), f32),  # hT
-        jax.ShapeDtypeStruct((B, HC), f32),  # cT
-        jax.ShapeDtypeStruct((T, B, H), f32) if carries else _empty(),  # hs
-        jax.ShapeDtypeStruct((T, B, HC), f32) if carries else _empty(),  # cs
-        jax.ShapeDtypeStruct((T, B, H) if save else (0,), f32),  # hin
-        jax.ShapeDtypeStruct((T, B, HC) if save else (0,), f32),  # cin
-        jax.ShapeDtypeStruct((T, B, S), f32) if save else _empty(),  # saved gates
+
+    def shape(*dims):
+        return jax.ShapeDtypeStruct((*lead, *dims), jnp.float32)
+
+    return [
+        shape(T, B, out),  # ys
+        shape(B, H),  # hT
+        shape(B, HC),  # cT
+        shape(T, B, H) if carries else shape(0),  # hs
+        shape(T, B, HC) if carries else shape(0),  # cs
+        shape(T, B, H) if save else shape(0),  # hin
+        shape(T, B, HC) if save else shape(0),  # cin
+        shape(T, B, S) if save else shape(0),  # saved gates
     ]
+
+
+def _fwd_call(cell_id, extra, reverse, save, carries, w, bh, xp, idx, h0, c0, m8, r8, lead=()):
+    shapes = _fwd_shapes(cell_id, extra, save, carries, w, c0, m8, lead)
     call = jax.ffi.ffi_call("jrnn_rnn_fwd", shapes, vmap_method="broadcast_all")
-    return call(
-        xp,
-        w,
-        bh,
-        h0,
-        c0,
-        m8,
-        r8,
-        cell=np.int32(cell_id),
-        extra=np.int64(extra),
-        reverse=bool(reverse),
-    )
+    attrs = dict(cell=np.int32(cell_id), extra=np.int64(extra), reverse=bool(reverse))
+    return call(xp, idx, w, bh, h0, c0, m8, r8, **attrs)
 
 
-def _make(cell_id: int, extra: int, reverse: bool, return_carries: bool):
-    """The custom-VJP loop ``(w, bh, xp, h0, c0, mask, resets) -> (hT, cT, ys, hs, cs)``."""
+# The forward without gradients (inference, and what jax.export serialises) is one primitive
+# whose lowering picks the implementation: the kernel's custom call, or, when the module is
+# lowered for jax.export (whose artifacts must not depend on jrnn's kernel being registered
+# where they are loaded) or for another platform, the same loop as plain XLA ("xla" backend).
+# Operands: w, bh, x, idx, h0, c0, m8, r8, then the cell's params leaves (for the XLA loop).
+_fwd_p = jax.extend.core.Primitive("jrnn_cpu_forward")
+_fwd_p.multiple_results = True
+
+
+def _kernel_impl(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, **_):
+    cell_id, extra, reverse, carries = spec[:4]
+    lead = m8.shape[:nb]
+    return _fwd_call(cell_id, extra, reverse, False, carries, w, bh, x, idx, h0, c0, m8, r8, lead)
+
+
+def _xla_impl(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, cell, treedef):
+    cell_id, extra, reverse, carries = spec[:4]
+
+    def one(w, bh, x, idx, h0, c0, m8, r8, *leaves):
+        params = jax.tree.unflatten(treedef, leaves)
+        xp = x[idx] if idx.size else x
+        lstm = cell_id == 0
+        carry0 = (h0, c0) if lstm else h0
+        carry, ys, cs = xla.run(
+            cell, params, xp, carry0, mask=m8.astype(bool), resets=r8.astype(bool),
+            reverse=reverse, unroll=1, return_carries=carries,
+        )  # fmt: skip
+        hT, cT = carry if lstm else (carry, c0)
+        hs, cs = (cs if lstm else (cs, jnp.zeros((0,), jnp.float32))) if carries else (None, None)
+        empty = jnp.zeros((0,), jnp.float32)
+        if carries and not lstm:
+            cs = jnp.zeros(hs.shape[:-1] + (0,), jnp.float32)
+        return [ys, hT, cT, empty if hs is None else hs, empty if cs is None else cs, empty,
+                empty, empty]  # fmt: skip
+
+    for _ in range(nb):
+        one = jax.vmap(one)
+    return one(w, bh, x, idx, h0, c0, m8, r8, *leaves)
+
+
+def _fwd_abstract(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, **_):
+    cell_id, extra, _, carries = spec[:4]
+    shapes = _fwd_shapes(cell_id, extra, False, carries, w, c0, m8, m8.shape[:nb])
+    return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
+
+
+def _fwd_lowering(ctx, *args, **params):
+    mc = ctx.module_context
+    portable = mc.lowering_parameters.for_export or tuple(mc.platforms) != ("cpu",)
+    impl = _xla_impl if portable else _kernel_impl
+    return mlir.lower_fun(functools.partial(impl, **params), multiple_results=True)(ctx, *args)
+
+
+def _fwd_batch(args, dims, **params):
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    moved = [
+        jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+        for a, d in zip(args, dims, strict=True)
+    ]
+    out = _fwd_p.bind(*moved, **{**params, "nb": params["nb"] + 1})
+    return out, [0] * len(out)
+
+
+_fwd_p.def_impl(_kernel_impl)
+_fwd_p.def_abstract_eval(_fwd_abstract)
+mlir.register_lowering(_fwd_p, _fwd_lowering)
+batching.primitive_batchers[_fwd_p] = _fwd_batch
+
+
+def _make(
+    cell, treedef, cell_id: int, extra: int, reverse: bool, return_carries: bool, tokens: bool
+):
+    """The custom-VJP loop ``(w, bh, xp, h0, c0, mask, resets, idx) -> (hT, cT, ys, hs, cs)``.
+
+    With ``tokens``, ``xp`` is the projection table ``[rows, g]`` and ``idx`` ``[t, b]`` the row
+    of every step (the kernel reads the rows itself; its backward adds each step's ``dz`` into
+    the table's gradient). Otherwise ``xp`` is ``[t, b, g]`` and ``idx`` is empty.
+    """
     gru = cell_id == 1
 
-    def forward(w, bh, xp, h0, c0, m8, r8, save):
-        ys, hT, cT, hs, cs, hin, cin, sv = _fwd_call(
-            cell_id, extra, reverse, save, return_carries, w, bh, xp, h0, c0, m8, r8
-        )
+    def forward(w, bh, xp, h0, c0, m8, r8, idx, leaves, save):
+        if save:  # under differentiation: the kernel (gradients are not exportable)
+            outs = _fwd_call(
+                cell_id, extra, reverse, True, return_carries, w, bh, xp, idx, h0, c0, m8, r8
+            )
+        else:
+            outs = _fwd_p.bind(
+                w, bh, xp, idx, h0, c0, m8, r8, *leaves,
+                nb=0, spec=(cell_id, extra, bool(reverse), bool(return_carries)),
+                cell=cell, treedef=treedef,
+            )  # fmt: skip
+        ys, hT, cT, hs, cs, hin, cin, sv = outs
         if not return_carries:
             hs = cs = None
         return (hT, cT, ys, hs, cs), (hin, cin, sv)
 
     @jax.custom_vjp
-    def loop(w, bh, xp, h0, c0, m8, r8):
-        return forward(w, bh, xp, h0, c0, m8, r8, save=False)[0]
+    def loop(w, bh, xp, h0, c0, m8, r8, idx, leaves):
+        return forward(w, bh, xp, h0, c0, m8, r8, idx, leaves, save=False)[0]
 
-    def loop_fwd(w, bh, xp, h0, c0, m8, r8):
-        out, saved = forward(w, bh, xp, h0, c0, m8, r8, save=True)
-        return out, (w, bh, m8, r8, saved)
+    def loop_fwd(w, bh, xp, h0, c0, m8, r8, idx, leaves):
+        out, saved = forward(w, bh, xp, h0, c0, m8, r8, idx, leaves, save=True)
+        zeros = tuple(jnp.zeros_like(a) for a in leaves)  # leaves: only for the XLA lowering
+        return out, (w, bh, m8, r8, idx, xp if tokens else None, saved, zeros)
 
     def loop_bwd(res, cts):
-        w, bh, m8, r8, (hin, cin, sv) = res
+        w, bh, m8, r8, idx, table, (hin, cin, sv), zeros = res
         dhT, dcT, dys, dhs, dcs = cts
         T, B = m8.shape
         GW = w.shape[1]
         if dhs is None:
             dhs, dcs = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.float32)
+        # The GRU's dz for W_hh is dhp; with tokens its dxp goes straight into the table.
+        dxp_shape = (0,) if tokens and gru else (T, B, GW)
         shapes = [
-            jax.ShapeDtypeStruct((T, B, GW), jnp.float32),  # dxp
+            jax.ShapeDtypeStruct(dxp_shape, jnp.float32),  # dxp
             jax.ShapeDtypeStruct((T, B, GW) if gru else (0,), jnp.float32),  # dhp
             jax.ShapeDtypeStruct(dhT.shape, jnp.float32),  # dh0
             jax.ShapeDtypeStruct(dcT.shape, jnp.float32),  # dc0
+            jax.ShapeDtypeStruct(table.shape if tokens else (0,), jnp.float32),  # dtable
         ]
         call = jax.ffi.ffi_call("jrnn_rnn_bwd", shapes, vmap_method="broadcast_all")
-        dxp, dhp, dh0, dc0 = call(
+        dxp, dhp, dh0, dc0, dtable = call(
             w,
             sv,
             hin,
             cin,
             m8,
             r8,
+            idx,
             dys,
             dhs,
             dcs,
@@ -164,13 +267,64 @@ def _make(cell_id: int, extra: int, reverse: bool, return_carries: bool):
             reverse=bool(reverse),
         )
         dz = dhp if gru else dxp
-        # dW_hh: one [h, t b] x [t b, g] GEMM over the carries entering every step.
-        dw = jnp.einsum("tbh,tbg->hg", hin, dz, precision=jax.lax.Precision.HIGHEST)
+        # dW_hh: one [h, t b] x [t b, g] GEMM over the carries entering every step. Flattened
+        # to 2-d first: contracting (t, b) as two axes makes XLA:CPU transpose both operands.
+        H = w.shape[0]
+        dw = jnp.einsum(
+            "nh,ng->hg",
+            hin.reshape(T * B, H),
+            dz.reshape(T * B, GW),
+            precision=jax.lax.Precision.HIGHEST,
+        )
         dbh = jnp.sum(dhp, axis=(0, 1)) if bh.shape[0] else jnp.zeros_like(bh)
-        return dw, dbh, dxp, dh0, dc0, None, None
+        return dw, dbh, dtable if tokens else dxp, dh0, dc0, None, None, None, zeros
 
     loop.defvjp(loop_fwd, loop_bwd)
     return loop
+
+
+def _check(cell, params, carry0, xp=None):
+    """The kernel's cell id; raises for calls the kernel cannot run."""
+    cell_id, reason = _cell_id(cell)
+    if reason is not None:
+        raise NotImplementedError(f"backend='cpu' does not support this call: {reason}")
+    if xp is not None and not hasattr(xp, "shape"):
+        raise TypeError(
+            f"backend='cpu' needs the projected inputs as one array, got {type(xp).__name__}"
+        )
+    leaves = (params.w_hh, *jax.tree.leaves(carry0), *([] if xp is None else [xp]))
+    dtypes = {a.dtype for a in leaves}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        raise NotImplementedError(
+            f"backend='cpu' computes in float32 only, got dtypes {sorted(map(str, dtypes))}"
+        )
+    return cell_id
+
+
+def _run(cell, cell_id, params, x, idx, steps, batch, carry0, mask, resets, reverse, carries):
+    """The kernel over ``x`` (``[t, B, g]``, or with ``idx`` ``[t, B]`` the table ``[rows, g]``)."""
+    lstm = cell_id == 0
+    T, B, H = steps, math.prod(batch), cell.hidden_size
+    extra = cell.output_size if cell_id == 4 else 0
+    h0, c0 = carry0 if lstm else (carry0, None)
+    h0 = h0.reshape(B, H)
+    c0 = c0.reshape(B, H) if lstm else jnp.zeros((B, 0), jnp.float32)
+    m8 = jnp.ones((T, B), jnp.uint8) if mask is None else mask.reshape(T, B).astype(jnp.uint8)
+    r8 = jnp.zeros((T, B), jnp.uint8) if resets is None else resets.reshape(T, B).astype(jnp.uint8)
+    bh = params.b_hh if cell_id == 1 else jnp.zeros((0,), jnp.float32)
+    leaves, treedef = jax.tree.flatten(params)
+    loop = _make(cell, treedef, cell_id, extra, bool(reverse), bool(carries), idx is not None)
+    if idx is None:
+        idx = jnp.zeros((0,), jnp.int32)
+    hT, cT, ys, hs, cs = loop(params.w_hh, bh, x, h0, c0, m8, r8, idx, tuple(leaves))
+    ys = ys.reshape(T, *batch, ys.shape[-1])
+    unflat = lambda a: a.reshape(*batch, H)  # noqa: E731
+    carry = (unflat(hT), unflat(cT)) if lstm else unflat(hT)
+    out = None
+    if carries:
+        each = lambda a: a.reshape(T, *batch, H)  # noqa: E731
+        out = (each(hs), each(cs)) if lstm else each(hs)
+    return carry, ys, out
 
 
 def run(cell, params, xp, carry0, *, mask, resets, reverse, unroll, return_carries):
@@ -190,55 +344,41 @@ def run(cell, params, xp, carry0, *, mask, resets, reverse, unroll, return_carri
     Returns:
       ``(carry, ys [t, b..., o], carries [t, b..., ...] or None)``.
     """
-    cell_id, reason = _cell_id(cell)
-    if reason is not None:
-        raise NotImplementedError(f"backend='cpu' does not support this call: {reason}")
-    if not hasattr(xp, "shape"):
-        raise TypeError(
-            f"backend='cpu' needs the projected inputs as one array, got {type(xp).__name__}"
-        )
-    dtypes = {a.dtype for a in (xp, params.w_hh, *jax.tree.leaves(carry0))}
-    if dtypes != {jnp.dtype(jnp.float32)}:
-        raise NotImplementedError(
-            f"backend='cpu' computes in float32 only, got dtypes {sorted(map(str, dtypes))}"
-        )
+    cell_id = _check(cell, params, carry0, xp)
+    kw = dict(mask=mask, resets=resets, reverse=reverse, return_carries=return_carries)
     if not cpu_kernel.load():
-        return xla.run(
-            cell,
-            params,
-            xp,
-            carry0,
-            mask=mask,
-            resets=resets,
-            reverse=reverse,
-            unroll=unroll,
-            return_carries=return_carries,
-        )
-    lstm = cell_id == 0
+        return xla.run(cell, params, xp, carry0, unroll=unroll, **kw)
     T, GW = xp.shape[0], xp.shape[-1]
     batch = tuple(xp.shape[1:-1])
-    B = math.prod(batch)
-    H = cell.hidden_size
-    extra = cell.output_size if cell_id == 4 else 0
-    h0, c0 = carry0 if lstm else (carry0, None)
-    h0 = h0.reshape(B, H)
-    c0 = c0.reshape(B, H) if lstm else jnp.zeros((B, 0), jnp.float32)
-    if mask is None:
-        m8 = jnp.ones((T, B), jnp.uint8)
-    else:
-        m8 = mask.reshape(T, B).astype(jnp.uint8)
-    if resets is None:
-        r8 = jnp.zeros((T, B), jnp.uint8)
-    else:
-        r8 = resets.reshape(T, B).astype(jnp.uint8)
-    bh = params.b_hh if cell_id == 1 else jnp.zeros((0,), jnp.float32)
-    loop = _make(cell_id, extra, bool(reverse), bool(return_carries))
-    hT, cT, ys, hs, cs = loop(params.w_hh, bh, xp.reshape(T, B, GW), h0, c0, m8, r8)
-    ys = ys.reshape(T, *batch, ys.shape[-1])
-    unflat = lambda a: a.reshape(*batch, H)  # noqa: E731
-    carry = (unflat(hT), unflat(cT)) if lstm else unflat(hT)
-    carries = None
-    if return_carries:
-        steps = lambda a: a.reshape(T, *batch, H)  # noqa: E731
-        carries = (steps(hs), steps(cs)) if lstm else steps(hs)
-    return carry, ys, carries
+    x = xp.reshape(T, math.prod(batch), GW)
+    return _run(
+        cell, cell_id, params, x, None, T, batch, carry0, mask, resets, reverse, return_carries
+    )
+
+
+def run_tokens(cell, params, tokens, carry0, *, mask, resets, reverse, unroll, return_carries):
+    """:func:`run` for integer ``tokens`` ``[t, b...]`` without a ``[t, b..., g]`` projection.
+
+    The projection of a token is a row of ``cell.input_projection(params, arange(i))`` (the
+    input weights plus bias); the kernel reads each step's row from that ``[i + 1, g]`` table
+    (its last row NaN, read by out-of-range tokens, as in ``cell.project``) and its backward
+    adds every step's ``dz`` into the table's gradient, so neither the ``[t, b..., g]``
+    projection nor its cotangent is materialised.
+    """
+    cell_id = _check(cell, params, carry0)
+    kw = dict(mask=mask, resets=resets, reverse=reverse, return_carries=return_carries)
+    if not cpu_kernel.load():
+        return xla.run(
+            cell, params, cell.input_projection(params, tokens), carry0, unroll=unroll, **kw
+        )
+    depth = params.w_ih.shape[0]
+    table = cell.input_projection(params, jnp.arange(depth, dtype=jnp.int32))
+    table = jnp.concatenate([table, jnp.full((1, table.shape[-1]), jnp.nan, table.dtype)])
+    if table.dtype != jnp.float32:
+        raise NotImplementedError(f"backend='cpu' computes in float32 only, got {table.dtype}")
+    T, batch = tokens.shape[0], tuple(tokens.shape[1:])
+    idx = jnp.where((tokens >= 0) & (tokens < depth), tokens, depth).astype(jnp.int32)
+    idx = idx.reshape(T, math.prod(batch))
+    return _run(
+        cell, cell_id, params, table, idx, T, batch, carry0, mask, resets, reverse, return_carries
+    )

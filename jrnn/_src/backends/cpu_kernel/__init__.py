@@ -11,7 +11,9 @@ library is written under a temporary name and renamed into place, so a reader ne
 written file. The handlers are registered with ``jax.ffi.register_ffi_target``.
 
 If anything fails (no compiler, a compile error, an unwritable cache), :func:`load` returns
-False once with ONE ``RuntimeWarning`` naming the cause, and the backend runs ``"xla"`` instead.
+False with ONE ``RuntimeWarning`` naming the cause (the first time an explicit
+``backend="cpu"`` asks; ``"auto"`` asks quietly), and the backend runs ``"xla"`` instead.
+``JRNN_CPU_KERNEL=0`` turns the kernel off (then ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
@@ -110,37 +112,55 @@ def build(cxx: str, out: Path) -> None:
                 os.unlink(tmp)
 
 
-def load() -> bool:
-    """Builds (once per machine) and registers the kernel; False if unavailable (warns once)."""
-    with _lock:
-        if "ok" in _state:
-            return _state["ok"]
-        import time
+def _warn() -> None:
+    if _state.get("warned"):
+        return
+    _state["warned"] = True
+    warnings.warn(
+        "jrnn backend='cpu': the C++ kernel is unavailable, running backend='xla' "
+        f"instead (same results, slower). Cause: {_state['error']}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
-        t0 = time.perf_counter()
-        try:
-            cxx = compiler()
-            if cxx is None:
-                raise RuntimeError("no C++ compiler found (set JRNN_CXX or CXX, or install g++)")
-            path = library_path(cxx)
-            build(cxx, path)
-            lib = ctypes.CDLL(str(path))
-            for target, symbol in TARGETS.items():
-                fn = getattr(lib, symbol)
-                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(fn), platform="cpu")
-            _state.update(ok=True, path=str(path), lib=lib)
-        except Exception as e:  # noqa: BLE001 - any failure means: fall back to "xla"
-            _state.update(ok=False, error=f"{type(e).__name__}: {e}")
-            warnings.warn(
-                "jrnn backend='cpu': the C++ kernel is unavailable, running backend='xla' "
-                f"instead (same results, slower). Cause: {_state['error']}",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        _state["seconds"] = time.perf_counter() - t0
+
+def load(warn: bool = True) -> bool:
+    """Builds (once per machine) and registers the kernel; False if unavailable.
+
+    Args:
+      warn: warn (once per process) when it is unavailable; ``"auto"`` asks with False.
+    """
+    with _lock:
+        if "ok" not in _state:
+            _load()
+        if not _state["ok"] and warn:
+            _warn()
         return _state["ok"]
+
+
+def _load() -> None:
+    import time
+
+    t0 = time.perf_counter()
+    if os.environ.get("JRNN_CPU_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
+        _state.update(ok=False, error="turned off by JRNN_CPU_KERNEL=0", seconds=0.0)
+        return
+    try:
+        cxx = compiler()
+        if cxx is None:
+            raise RuntimeError("no C++ compiler found (set JRNN_CXX or CXX, or install g++)")
+        path = library_path(cxx)
+        build(cxx, path)
+        lib = ctypes.CDLL(str(path))
+        for target, symbol in TARGETS.items():
+            fn = getattr(lib, symbol)
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(fn), platform="cpu")
+        _state.update(ok=True, path=str(path), lib=lib)
+    except Exception as e:  # noqa: BLE001 - any failure means: fall back to "xla"
+        _state.update(ok=False, error=f"{type(e).__name__}: {e}")
+    _state["seconds"] = time.perf_counter() - t0
 
 
 def status() -> dict:
     """What :func:`load` found: ``ok``, the library ``path`` or the ``error``, and ``seconds``."""
-    return {k: v for k, v in _state.items() if k != "lib"}
+    return {k: v for k, v in _state.items() if k not in ("lib", "warned")}

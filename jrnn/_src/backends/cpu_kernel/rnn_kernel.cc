@@ -22,6 +22,9 @@
 // 16 lanes with AVX-512F, else 8 (AVX2/FMA or whatever the compiler maps 32-byte vectors to).
 
 #include <sched.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -217,6 +220,33 @@ int num_threads(int64_t fmas, int64_t panels) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(nt, panels));
 }
 
+// Asks the kernel to back the 2 MiB-aligned interior of a large output buffer with transparent
+// huge pages before the loop first writes it. XLA allocates big buffers afresh per call, and a
+// [t, b, 4h] buffer of 4 KiB pages costs one page fault per 4 KiB on first touch (about half a
+// forward's time at the seed size); with THP in "madvise" mode this makes it one per 2 MiB.
+// Only ranges the call overwrites entirely are advised; JRNN_CPU_HUGEPAGES=0 turns it off.
+void advise_huge(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool on = [] {
+    const char* env = std::getenv("JRNN_CPU_HUGEPAGES");
+    return !(env && env[0] == '0');
+  }();
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (!on || p == nullptr || bytes < 2 * kHuge) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+template <typename R>
+void advise_huge_result(R& r) {
+  advise_huge(r->untyped_data(), r->size_bytes());
+}
+
 float* alloc_floats(size_t n) {
   size_t bytes = ((std::max<size_t>(n, 1) * sizeof(float)) + 63) / 64 * 64;
   return static_cast<float*>(std::aligned_alloc(64, bytes));
@@ -319,11 +349,21 @@ void run_items(int nt, int64_t phases, int64_t np, F&& f) {
 
 struct FwdArgs {
   const float *xp, *w, *bh, *h0, *c0;
+  const int32_t* idx;  // token mode: xp is a table [rows, g] and step t, row b reads idx[t, b]
+  int64_t rows;
   const uint8_t *mask, *resets;
   float *ys, *hT, *cT, *hs, *cs, *hin, *cin, *sv;
   bool has_bh, want_carries, want_save;
   int cell;
   bool reverse;
+
+  // The projected input of step t, row b: a row of xp, or of the table (an index outside
+  // [0, rows) reads the last row, which the caller fills with NaN).
+  const float* x_row(int64_t t, int64_t b, int64_t B, int64_t GW) const {
+    if (!idx) return xp + (t * B + b) * GW;
+    const int32_t i = idx[t * B + b];
+    return xp + (i >= 0 && i < rows ? (int64_t)i : rows - 1) * GW;
+  }
 };
 
 // Phase 0 packs item `it`'s panel (and sets its units of the first carry); phase s + 1 runs
@@ -369,7 +409,6 @@ void fwd_item(const Dims& d, const FwdArgs& a, float* packed, float* hbuf, float
   const int64_t tn = a.reverse ? t - 1 : t + 1;  // next step processed
   const float* hcur = hbuf + (s & 1) * B * H;
   float* hnext = hbuf + ((s + 1) & 1) * B * H;
-  const float* xt = a.xp + t * B * GW;
   const uint8_t* mt = a.mask + t * B;
   const uint8_t* rn = last ? nullptr : a.resets + tn * B;
   if (it >= npu) {  // the seed cell's output columns: y = relu(z), no carry
@@ -384,7 +423,7 @@ void fwd_item(const Dims& d, const FwdArgs& a, float* packed, float* hbuf, float
       micro<1, MB>(rows, H, panel, acc);
       for (int r = 0; r < MB; ++r) {
         const int64_t b = r0 + r;
-        vf y = vrelu(acc[0][r] + loadp(xt + b * GW + e0, nv));
+        vf y = vrelu(acc[0][r] + loadp(a.x_row(t, b, B, GW) + e0, nv));
         if (a.want_save) storep(a.sv + (t * B + b) * S + e0, y, nv);
         storep(a.ys + (t * B + b) * O + e0, mt[b] ? y : vf{}, nv);
       }
@@ -402,7 +441,7 @@ void fwd_item(const Dims& d, const FwdArgs& a, float* packed, float* hbuf, float
     micro<NG, MB>(rows, H, panel, acc);
     for (int r = 0; r < MB; ++r) {
       const int64_t b = r0 + r;
-      const float* x = xt + b * GW + E + u0;
+      const float* x = a.x_row(t, b, B, GW) + E + u0;
       const bool m = mt[b] != 0;
       const vf hp = loadp(hcur + b * H + u0, nv);
       vf hn, cn = {}, cp = {}, y;
@@ -479,6 +518,9 @@ struct BwdArgs {
   const uint8_t *mask, *resets;
   const float *dys, *dhs, *dcs, *dhT, *dcT;
   float *dxp, *dhp, *dh0, *dc0;
+  const int32_t* idx;  // token mode: dz of step t, row b is also added to dtable[idx[t, b]]
+  float* dtable;       // [rows, g] or null; dxp may then be null (the GRU does not need it)
+  int64_t rows;
   bool has_dcarries;
   int cell;
   bool reverse;
@@ -491,46 +533,50 @@ struct BwdState {
   float *dh, *dc, *pdh, *pdc, *ah, *ac;
 };
 
-// dcarry_in = dz_t W^T + direct terms for panel p; then the resets of step t route it to carry0.
+// dcarry_in = dz_t W^T + direct terms for the NU unit vectors of panel p (units p NU V ...);
+// then the resets of step t route it to carry0.
+template <int NU>
 void bwd_carry_in(const Dims& d, const BwdArgs& a, const float* packed, const BwdState& st,
                   int64_t t, int64_t p) {
   const int64_t B = d.B, H = d.H, GW = d.GW;
   const bool lstm = a.cell == kLstm;
   const float* dz = (a.cell == kGru ? a.dhp : a.dxp) + t * B * GW;
   const uint8_t* rt = a.resets + t * B;
-  const int64_t u0 = p * V;
-  const int nv = (int)std::min<int64_t>(V, H - u0);
-  const float* panel = packed + p * GW * V;
-  row_blocks<1>(B, [&]<int MB>(int64_t r0) {
+  const float* panel = packed + p * GW * NU * V;
+  row_blocks<NU>(B, [&]<int MB>(int64_t r0) {
     const float* rows[MB];
     for (int r = 0; r < MB; ++r) rows[r] = dz + (r0 + r) * GW;
-    vf acc[1][MB];
-    micro<1, MB>(rows, GW, panel, acc);
-    for (int r = 0; r < MB; ++r) {
-      const int64_t b = r0 + r, o = b * H + u0;
-      vf gh = acc[0][r] + loadp(st.pdh + o, nv);
-      vf gc = lstm ? loadp(st.pdc + o, nv) : vf{};
-      if (rt[b]) {
-        storep(st.ah + o, loadp(st.ah + o, nv) + gh, nv);
-        gh = vf{};
-        if (lstm) {
-          storep(st.ac + o, loadp(st.ac + o, nv) + gc, nv);
-          gc = vf{};
+    vf acc[NU][MB];
+    micro<NU, MB>(rows, GW, panel, acc);
+    for (int j = 0; j < NU; ++j) {
+      const int64_t u0 = (p * NU + j) * V;
+      if (u0 >= H) break;
+      const int nv = (int)std::min<int64_t>(V, H - u0);
+      for (int r = 0; r < MB; ++r) {
+        const int64_t b = r0 + r, o = b * H + u0;
+        vf gh = acc[j][r] + loadp(st.pdh + o, nv);
+        vf gc = lstm ? loadp(st.pdc + o, nv) : vf{};
+        if (rt[b]) {
+          storep(st.ah + o, loadp(st.ah + o, nv) + gh, nv);
+          gh = vf{};
+          if (lstm) {
+            storep(st.ac + o, loadp(st.ac + o, nv) + gc, nv);
+            gc = vf{};
+          }
         }
+        storep(st.dh + o, gh, nv);
+        if (lstm) storep(st.dc + o, gc, nv);
       }
-      storep(st.dh + o, gh, nv);
-      if (lstm) storep(st.dc + o, gc, nv);
     }
   });
 }
 
-// The gate derivatives of step t for panel p's units: writes dz (dxp, and dhp for the GRU).
-void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t t, int64_t p) {
+// The gate derivatives of step t for the unit vector at u0: writes dz (dxp, and dhp for the GRU).
+void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t t, int64_t u0) {
   const int64_t B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
   const int64_t S = saved_width(a.cell, H, E);
   const bool lstm = a.cell == kLstm, gru = a.cell == kGru;
   const uint8_t* mt = a.mask + t * B;
-  const int64_t u0 = p * V;
   const int nv = (int)std::min<int64_t>(V, H - u0);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t o = b * H + u0, tb = t * B + b;
@@ -539,12 +585,24 @@ void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t 
       gh += loadp(a.dhs + tb * H + u0, nv);
       if (lstm) gc += loadp(a.dcs + tb * H + u0, nv);
     }
-    float* dx = a.dxp + tb * GW + E + u0;
+    float* dxrow = a.dxp ? a.dxp + tb * GW + E + u0 : nullptr;
+    // The table gradient is accumulated here only when dxp is not kept (the GRU); otherwise
+    // from dxp after the loop (bwd_item's last phase), off the step-to-step chain.
+    float* trow = nullptr;
+    if (a.dtable && !a.dxp) {
+      const int32_t i = a.idx[tb];
+      trow = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW + E + u0;
+    }
+    // dz of gate g: into dxp, and added into the token's row of the table gradient.
+    auto put = [&](int g, vf v) {
+      if (dxrow) storep(dxrow + g * H, v, nv);
+      if (trow) storep(trow + g * H, loadp(trow + g * H, nv) + v, nv);
+    };
     float* dhp = gru ? a.dhp + tb * GW + u0 : nullptr;
     const int ng = gates_of(a.cell);
     if (!mt[b]) {  // padding: the carry passes through, nothing reaches the gates
       for (int g = 0; g < ng; ++g) {
-        storep(dx + g * H, vf{}, nv);
+        if (dxrow) storep(dxrow + g * H, vf{}, nv);
         if (dhp) storep(dhp + g * H, vf{}, nv);
       }
       storep(st.pdh + o, gh, nv);
@@ -559,10 +617,10 @@ void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t 
       vf cp = loadp(a.cin + tb * H + u0, nv);
       vf tc = vtanh(f * cp + i * g);
       vf dct = gc + gh * og * (1.0f - tc * tc);
-      storep(dx, dct * g * i * (1.0f - i), nv);
-      storep(dx + H, dct * cp * f * (1.0f - f), nv);
-      storep(dx + 2 * H, dct * i * (1.0f - g * g), nv);
-      storep(dx + 3 * H, gh * tc * og * (1.0f - og), nv);
+      put(0, dct * g * i * (1.0f - i));
+      put(1, dct * cp * f * (1.0f - f));
+      put(2, dct * i * (1.0f - g * g));
+      put(3, gh * tc * og * (1.0f - og));
       storep(st.pdh + o, vf{}, nv);
       storep(st.pdc + o, dct * f, nv);
     } else if (gru) {
@@ -572,9 +630,9 @@ void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t 
       vf dnp = gh * (1.0f - z) * (1.0f - n * n);
       vf dzz = gh * (hp - n) * z * (1.0f - z);
       vf dzr = dnp * hn * r * (1.0f - r);
-      storep(dx, dzr, nv);
-      storep(dx + H, dzz, nv);
-      storep(dx + 2 * H, dnp, nv);
+      put(0, dzr);
+      put(1, dzz);
+      put(2, dnp);
       storep(dhp, dzr, nv);
       storep(dhp + H, dzz, nv);
       storep(dhp + 2 * H, dnp * r, nv);
@@ -587,33 +645,40 @@ void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t 
       } else {
         dz = gh * (1.0f - h * h);
       }
-      storep(dx, dz, nv);
+      put(0, dz);
       storep(st.pdh + o, vf{}, nv);
     }
   }
 }
 
-// Phase 0 packs panel p of W^T ([k < GW][lane] = W[p V + lane][k]) and sets its state; phase
-// s + 1 (s < T) runs reverse step s: dz of the previous one times W^T, then the gates of this
-// one; phase T + 1 gives the cotangent of carry0.
+// Panel p covers the NU unit vectors (p NU + j) V, j < NU. Phase 0 packs panel p of W^T
+// ([k < GW][j][lane] = W[(p NU + j) V + lane][k]) and sets its state; phase s + 1 (s < T) runs
+// reverse step s: dz of the previous one times W^T, then the gates of this one; phase T + 1
+// gives the cotangent of carry0.
+template <int NU>
 void bwd_item(const Dims& d, const BwdArgs& a, float* packed, const BwdState& st, int64_t phase,
               int64_t p) {
   const int64_t T = d.T, B = d.B, H = d.H, GW = d.GW;
   const bool lstm = a.cell == kLstm;
-  const int64_t u0 = p * V, nv = std::min<int64_t>(V, H - u0);
+  const int64_t ub = p * NU * V, ue = std::min<int64_t>(H, ub + NU * V);
   if (phase == 0) {
-    float* dst = packed + p * GW * V;
-    for (int l = 0; l < V; ++l) {
-      int64_t u = p * V + l;
-      for (int64_t k = 0; k < GW; ++k) dst[k * V + l] = u < H ? a.w[u * GW + k] : 0.0f;
-    }
+    float* dst = packed + p * GW * NU * V;
+    for (int64_t k = 0; k < GW; ++k)
+      for (int l = 0; l < NU * V; ++l) {
+        const int64_t u = ub + l;
+        dst[k * NU * V + l] = u < H ? a.w[u * GW + k] : 0.0f;
+      }
+    const int ng = gates_of(a.cell);
+    for (int64_t r = 0; a.dtable && r < a.rows; ++r)
+      for (int g = 0; g < ng; ++g)
+        std::memset(a.dtable + r * GW + d.E + g * H + ub, 0, (ue - ub) * sizeof(float));
     for (int64_t b = 0; b < B; ++b) {
-      const size_t n = nv * sizeof(float);
-      std::memcpy(st.dh + b * H + u0, a.dhT + b * H + u0, n);
-      std::memset(st.ah + b * H + u0, 0, n);
+      const size_t n = (ue - ub) * sizeof(float);
+      std::memcpy(st.dh + b * H + ub, a.dhT + b * H + ub, n);
+      std::memset(st.ah + b * H + ub, 0, n);
       if (lstm) {
-        std::memcpy(st.dc + b * H + u0, a.dcT + b * H + u0, n);
-        std::memset(st.ac + b * H + u0, 0, n);
+        std::memcpy(st.dc + b * H + ub, a.dcT + b * H + ub, n);
+        std::memset(st.ac + b * H + ub, 0, n);
       }
     }
     return;
@@ -621,28 +686,62 @@ void bwd_item(const Dims& d, const BwdArgs& a, float* packed, const BwdState& st
   // Reverse step s processes forward step t(s); the previous one processed is t(s - 1).
   auto t_of = [&](int64_t s) { return a.reverse ? s : T - 1 - s; };
   const int64_t s = phase - 1;
-  if (s > 0) bwd_carry_in(d, a, packed, st, t_of(s - 1), p);
+  if (s > 0) bwd_carry_in<NU>(d, a, packed, st, t_of(s - 1), p);
   if (s < T) {
-    bwd_pointwise(d, a, st, t_of(s), p);
+    for (int64_t u0 = ub; u0 < ue; u0 += V) bwd_pointwise(d, a, st, t_of(s), u0);
     return;
   }
-  for (int64_t b = 0; b < B; ++b) {  // s == T: the carry entering the first step
-    const int64_t o = b * H + u0;
-    storep(a.dh0 + o, loadp(st.dh + o, nv) + loadp(st.ah + o, nv), nv);
-    if (lstm) storep(a.dc0 + o, loadp(st.dc + o, nv) + loadp(st.ac + o, nv), nv);
+  if (a.dtable && a.dxp) {  // token mode: add every step's dz of these units into its row
+    const int ng = gates_of(a.cell);
+    for (int64_t tb = 0; tb < T * B; ++tb) {
+      if (!a.mask[tb]) continue;
+      const int32_t i = a.idx[tb];
+      float* row = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW + d.E;
+      const float* dz = a.dxp + tb * GW + d.E;
+      for (int g = 0; g < ng; ++g)
+        for (int64_t u0 = ub; u0 < ue; u0 += V) {
+          const int nv = (int)std::min<int64_t>(V, H - u0);
+          const int64_t c = g * H + u0;
+          storep(row + c, loadp(row + c, nv) + loadp(dz + c, nv), nv);
+        }
+    }
   }
+  for (int64_t b = 0; b < B; ++b) {  // s == T: the carry entering the first step
+    for (int64_t u0 = ub; u0 < ue; u0 += V) {
+      const int64_t o = b * H + u0, nv = std::min<int64_t>(V, H - u0);
+      storep(a.dh0 + o, loadp(st.dh + o, nv) + loadp(st.ah + o, nv), nv);
+      if (lstm) storep(a.dc0 + o, loadp(st.dc + o, nv) + loadp(st.ac + o, nv), nv);
+    }
+  }
+}
+
+// Unit vectors per backward panel: the most (4, 2 or 1) that still gives every thread at least
+// two panels a step. More vectors per panel reuse each broadcast of dz over more FMAs.
+int bwd_vectors(int64_t H, int nt) {
+  const int64_t nvec = (H + V - 1) / V;
+  for (int nu : {4, 2}) {
+    if ((nvec + nu - 1) / nu >= 2 * nt) return nu;
+  }
+  return 1;
 }
 
 // The seed cell's output columns: dz_y = dy * relu'(z), for every step (no recurrence).
 void bwd_extra(const Dims& d, const BwdArgs& a) {
   const int64_t T = d.T, B = d.B, GW = d.GW, E = d.E, O = d.O;
   const int64_t S = saved_width(a.cell, d.H, E);
+  for (int64_t r = 0; a.dtable && r < a.rows; ++r)
+    std::memset(a.dtable + r * GW, 0, E * sizeof(float));
   for (int64_t tb = 0; tb < T * B; ++tb) {
     float* dx = a.dxp + tb * GW;
     const float* y = a.sv + tb * S;
     const float* dy = a.dys + tb * O;
     const bool m = a.mask[tb] != 0;
     for (int64_t e = 0; e < E; ++e) dx[e] = (m && y[e] > 0.0f) ? dy[e] : 0.0f;
+    if (a.dtable && m) {
+      const int32_t i = a.idx[tb];
+      float* row = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW;
+      for (int64_t e = 0; e < E; ++e) row[e] += dx[e];
+    }
   }
 }
 
@@ -668,14 +767,22 @@ bool fits(int64_t n, int64_t G, int64_t per, bool optional) {
   return n == G * per || (optional && n == 0);
 }
 
-ffi::Error make_dims(const F32& xp, const F32& w, int cell, int64_t extra, Dims* d) {
+using S32 = ffi::Buffer<ffi::S32>;
+
+// T and B come from the mask [..., t, b]; H and the gate width from w [..., h, g]. xp is either
+// [..., t, b, g] (idx empty) or, in token mode, a table [..., rows, g] read through idx.
+ffi::Error make_dims(const F32& xp, const S32& idx, const F32& w, const U8& mask, int cell,
+                     int64_t extra, Dims* d, int64_t* rows) {
   auto xd = xp.dimensions();
   auto wd = w.dimensions();
-  if (xd.size() < 3 || wd.size() < 2)
-    return ffi::Error::InvalidArgument("jrnn cpu kernel: xp must be [..., t, b, g], w [..., h, g]");
+  auto md = mask.dimensions();
+  if (xd.size() < 2 || wd.size() < 2 || md.size() < 2)
+    return ffi::Error::InvalidArgument(
+        "jrnn cpu kernel: xp must be [..., t, b, g] or [..., rows, g], w [..., h, g], "
+        "mask [..., t, b]");
   if (cell < 0 || cell > 4) return ffi::Error::InvalidArgument("jrnn cpu kernel: unknown cell");
-  d->T = xd[xd.size() - 3];
-  d->B = xd[xd.size() - 2];
+  d->T = md[md.size() - 2];
+  d->B = md[md.size() - 1];
   d->GW = xd[xd.size() - 1];
   d->H = wd[wd.size() - 2];
   d->E = cell == kSeed ? extra : 0;
@@ -683,17 +790,28 @@ ffi::Error make_dims(const F32& xp, const F32& w, int cell, int64_t extra, Dims*
   if (wd[wd.size() - 1] != d->GW || d->GW != d->E + gates_of(cell) * d->H)
     return ffi::Error::InvalidArgument("jrnn cpu kernel: gate width mismatch");
   d->G = 1;
-  for (size_t i = 0; i + 3 < xd.size(); ++i) d->G *= xd[i];
+  for (size_t i = 0; i + 2 < md.size(); ++i) d->G *= md[i];
   if (count(w) != d->G * d->H * d->GW)
-    return ffi::Error::InvalidArgument("jrnn cpu kernel: w must have xp's leading dims");
+    return ffi::Error::InvalidArgument("jrnn cpu kernel: w must have the mask's leading dims");
+  *rows = 0;
+  if (count(idx) == 0) {
+    if (count(xp) != d->G * d->T * d->B * d->GW)
+      return ffi::Error::InvalidArgument("jrnn cpu kernel: xp must be [..., t, b, g]");
+  } else {
+    *rows = xd[xd.size() - 2];
+    if (count(idx) != d->G * d->T * d->B || count(xp) != d->G * *rows * d->GW || *rows < 1)
+      return ffi::Error::InvalidArgument(
+          "jrnn cpu kernel: token mode needs idx [..., t, b] and a table [..., rows >= 1, g]");
+  }
   return ffi::Error::Success();
 }
 
-ffi::Error FwdImpl(F32 xp, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R32 ys, R32 hT,
-                   R32 cT, R32 hs, R32 cs, R32 hin, R32 cin, R32 sv, int32_t cell, int64_t extra,
-                   bool reverse) {
+ffi::Error FwdImpl(F32 xp, S32 idx, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R32 ys,
+                   R32 hT, R32 cT, R32 hs, R32 cs, R32 hin, R32 cin, R32 sv, int32_t cell,
+                   int64_t extra, bool reverse) {
   Dims d;
-  if (auto err = make_dims(xp, w, cell, extra, &d); !err.success()) return err;
+  int64_t rows = 0;
+  if (auto err = make_dims(xp, idx, w, mask, cell, extra, &d, &rows); !err.success()) return err;
   const int64_t G = d.G, T = d.T, B = d.B, H = d.H, GW = d.GW, O = d.O;
   const int64_t HC = cell == kLstm ? H : 0;
   const int64_t S = saved_width(cell, H, d.E);
@@ -711,6 +829,7 @@ ffi::Error FwdImpl(F32 xp, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R3
             (!want_carries || fits(count(*cs), G, T * B * HC, false));
   if (!ok) return ffi::Error::InvalidArgument("jrnn_rnn_fwd: buffer sizes do not match");
   if (G == 0) return ffi::Error::Success();
+  for (R32* r : {&ys, &hs, &cs, &hin, &cin, &sv}) advise_huge_result(*r);
   const int ng = gates_of(cell);
   const int64_t npu = (H + V - 1) / V, npe = (d.E + V - 1) / V;
   const int nt = num_threads(B * H * GW, npu);
@@ -725,7 +844,9 @@ ffi::Error FwdImpl(F32 xp, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R3
   }
   for (int64_t g = 0; g < G; ++g) {
     FwdArgs a;
-    a.xp = xp.typed_data() + g * T * B * GW;
+    a.xp = xp.typed_data() + g * (rows ? rows : T * B) * GW;
+    a.idx = rows ? idx.typed_data() + g * T * B : nullptr;
+    a.rows = rows;
     a.w = w.typed_data() + g * H * GW;
     a.bh = has_bh ? bh.typed_data() + g * GW : nullptr;
     a.h0 = h0.typed_data() + g * B * H;
@@ -764,9 +885,9 @@ ffi::Error FwdImpl(F32 xp, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 resets, R3
   return ffi::Error::Success();
 }
 
-ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys, F32 dhs,
-                   F32 dcs, F32 dhT, F32 dcT, R32 dxp, R32 dhp, R32 dh0, R32 dc0, int32_t cell,
-                   int64_t extra, bool reverse) {
+ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, S32 idx, F32 dys,
+                   F32 dhs, F32 dcs, F32 dhT, F32 dcT, R32 dxp, R32 dhp, R32 dh0, R32 dc0,
+                   R32 dtable, int32_t cell, int64_t extra, bool reverse) {
   Dims d;
   {
     auto wd = w.dimensions();
@@ -789,20 +910,35 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys,
   const int64_t S = saved_width(cell, H, d.E);
   const bool gru = cell == kGru;
   const bool has_dcarries = count(dhs) != 0;
+  // Token mode (idx given): the table gradient [rows, g] is accumulated here; dxp is still
+  // written unless it was asked for with no elements (the GRU's dz for W_hh is dhp).
+  const bool tokens = count(idx) != 0;
+  const auto td = dtable->dimensions();
+  const int64_t rows = tokens && td.size() >= 2 ? td[td.size() - 2] : 0;
+  // An empty dxp ([0], or [G.., 0] under vmap) where [t, b, g] has elements: not wanted.
+  const bool want_dxp = count(*dxp) == G * T * B * GW;
+  if (tokens && (rows < 1 || !fits(count(*dtable), G, rows * GW, false) ||
+                 !fits(count(idx), G, T * B, false)))
+    return ffi::Error::InvalidArgument("jrnn_rnn_bwd: token mode needs idx [t, b], dtable [rows, g]");
+  if (!want_dxp && (!tokens || !gru || d.E))
+    return ffi::Error::InvalidArgument("jrnn_rnn_bwd: only the GRU's token mode may skip dxp");
   bool ok = fits(count(sv), G, T * B * S, false) && fits(count(hin), G, T * B * H, false) &&
             fits(count(cin), G, T * B * HC, false) && fits(count(mask), G, T * B, false) &&
             fits(count(resets), G, T * B, false) && fits(count(dys), G, T * B * O, false) &&
             fits(count(dhs), G, T * B * H, true) &&
             fits(count(dcs), G, has_dcarries ? T * B * HC : 0, false) &&
             fits(count(dhT), G, B * H, false) && fits(count(dcT), G, B * HC, false) &&
-            fits(count(*dxp), G, T * B * GW, false) &&
+            fits(count(*dxp), G, T * B * GW, !want_dxp) &&
             fits(count(*dhp), G, gru ? T * B * GW : 0, false) &&
             fits(count(*dh0), G, B * H, false) && fits(count(*dc0), G, B * HC, false);
   if (!ok) return ffi::Error::InvalidArgument("jrnn_rnn_bwd: buffer sizes do not match");
   if (G == 0) return ffi::Error::Success();
-  const int64_t npu = (H + V - 1) / V;
-  const int nt = num_threads(B * H * GW, npu);
-  float* packed = alloc_floats(npu * GW * V);
+  for (R32* r : {&dxp, &dhp}) advise_huge_result(*r);
+  if (tokens && (T == 0 || B == 0)) std::memset(dtable->typed_data(), 0, count(*dtable) * 4);
+  const int nt = num_threads(B * H * GW, (H + V - 1) / V);
+  const int nu = bwd_vectors(H, nt);
+  const int64_t npu = (H + nu * V - 1) / (nu * V);
+  float* packed = alloc_floats(npu * GW * nu * V);
   float* state = alloc_floats(6 * B * H);
   if (!packed || !state) {
     std::free(packed);
@@ -822,8 +958,11 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys,
     a.dcs = has_dcarries ? dcs.typed_data() + g * T * B * HC : nullptr;
     a.dhT = dhT.typed_data() + g * B * H;
     a.dcT = dcT.typed_data() + g * B * HC;
-    a.dxp = dxp->typed_data() + g * T * B * GW;
+    a.dxp = want_dxp ? dxp->typed_data() + g * T * B * GW : nullptr;
     a.dhp = gru ? dhp->typed_data() + g * T * B * GW : nullptr;
+    a.idx = tokens ? idx.typed_data() + g * T * B : nullptr;
+    a.dtable = tokens ? dtable->typed_data() + g * rows * GW : nullptr;
+    a.rows = rows;
     a.dh0 = dh0->typed_data() + g * B * H;
     a.dc0 = dc0->typed_data() + g * B * HC;
     a.has_dcarries = has_dcarries;
@@ -834,7 +973,11 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys,
     const BwdState st{state, state + B * H, state + 2 * B * H, state + 3 * B * H,
                       state + 4 * B * H, state + 5 * B * H};
     run_items(nt, T + 2, npu, [&](int64_t phase, int64_t p) {
-      bwd_item(d, a, packed, st, phase, p);
+      switch (nu) {
+        case 4: bwd_item<4>(d, a, packed, st, phase, p); break;
+        case 2: bwd_item<2>(d, a, packed, st, phase, p); break;
+        default: bwd_item<1>(d, a, packed, st, phase, p); break;
+      }
     });
   }
   std::free(packed);
@@ -846,7 +989,8 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, F32 dys,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRnnFwd, FwdImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>()  // xp [t, b, g]
+                                  .Arg<F32>()  // xp [t, b, g], or the table [rows, g]
+                                  .Arg<S32>()  // idx [t, b] (token mode) or [0]
                                   .Arg<F32>()  // w_hh [h, g]
                                   .Arg<F32>()  // b_hh [g] (GRU) or [0]
                                   .Arg<F32>()  // h0 [b, h]
@@ -873,15 +1017,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnRnnBwd, BwdImpl,
                                   .Arg<F32>()  // cin [t, b, h] or [t, b, 0]
                                   .Arg<U8>()   // mask
                                   .Arg<U8>()   // resets
+                                  .Arg<S32>()  // idx [t, b] (token mode) or [0]
                                   .Arg<F32>()  // dys [t, b, o]
                                   .Arg<F32>()  // dhs [t, b, h] or [0]
                                   .Arg<F32>()  // dcs
                                   .Arg<F32>()  // dhT [b, h]
                                   .Arg<F32>()  // dcT
-                                  .Ret<F32>()  // dxp [t, b, g]
+                                  .Ret<F32>()  // dxp [t, b, g] (or [0]: GRU token mode)
                                   .Ret<F32>()  // dhp [t, b, g] (GRU) or [0]
                                   .Ret<F32>()  // dh0
                                   .Ret<F32>()  // dc0
+                                  .Ret<F32>()  // dtable [rows, g] (token mode) or [0]
                                   .Attr<int32_t>("cell")
                                   .Attr<int64_t>("extra")
                                   .Attr<bool>("reverse"));
