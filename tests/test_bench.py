@@ -188,3 +188,46 @@ def test_bench_modules_do_not_shadow_the_standard_library():
 
     names = {p.stem for p in pathlib.Path(jrnn.bench.__file__).parent.glob("*.py")}
     assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)
+
+
+def test_floor_cpu_chain_is_the_kernel_lstm_on_zero_inputs():
+    """``chain:cpu`` runs the kernel's LSTM loop; its values equal the "xla" LSTM on zero
+    projected inputs (forward: the final h; train: its gradient w.r.t. W_hh)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jrnn
+    from jrnn._src.backends import cpu_kernel, xla
+    from jrnn.bench import floor
+
+    if not cpu_kernel.load():
+        pytest.fail(f"the cpu kernel did not build: {cpu_kernel.status()}")
+    size = sizes.parse_size("h=8,t=5,b=3")
+    cell = jrnn.lstm(8)
+    params = cell.init(jax.random.key(0), 1)
+    for mode in ("forward", "train"):
+        fn, (weight, h0, xp) = floor.cpu_chain_workload(
+            sizes.Workload("chain", "dot-chain", "lstm", "cpu", 1, mode, size)
+        )
+
+        def ref(weight, h0=h0, xp=xp):
+            p = params._replace(w_hh=weight)
+            carry = (h0, jnp.zeros_like(h0))
+            kw = dict(mask=None, resets=None, reverse=False, unroll=1, return_carries=False)
+            return xla.run(cell, p, xp, carry, **kw)[0][0]
+
+        want = ref(weight) if mode == "forward" else jax.grad(lambda w: jnp.sum(ref(w)))(weight)
+        np.testing.assert_allclose(jax.jit(fn)(weight, h0, xp), want, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_parts_assemble_the_whole_gradient(tmp_path):
+    """``python -m jrnn.bench.kernel_parts``: the dW_hh assembled from the timed parts (forward
+    with saved gates, backward loop, one matmul) equals ``jax.grad`` through backend="cpu"."""
+    from jrnn.bench import kernel_parts
+
+    out = tmp_path / "parts.json"
+    assert kernel_parts.main(["--size", "h=16,t=7,b=3", "--reps", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["max_abs_diff"] <= 1e-5 * got["scale"] and got["scale"] > 0
+    assert [r["part"] for r in got["rows"]][-1] == "whole gradient"

@@ -8,12 +8,11 @@
   ``[b, 4h] x [4h, h]`` dots and the weight gradient as one ``[h, t b] x [t b, 4h]`` dot. Any
   JAX LSTM step on this backend does at least this.
 - ``chain:torch`` — the same with ``torch.mm`` (oneDNN/MKL).
-- ``chain:cpu`` — the same chain in jrnn's C++ kernel (``backend="cpu"``): the kernel's forward
-  of the seed cell with ``3h`` outputs, whose gate width is the LSTM's ``4h`` and whose gates are
-  as trivial as the chain's (relu, tanh); it also writes the ``[t, b, 3h]`` relu outputs. In
-  ``train`` mode the gradient w.r.t. ``W_hh`` through the kernel's backward (the reverse chain of
-  ``[b, 4h] x [4h, h]`` products, then the weight gradient as one einsum). Also the kernel's full
-  LSTM steps (``jrnn:lstm/cpu``), when the kernel builds.
+- ``chain:cpu`` — the same chain in jrnn's C++ kernel (``backend="cpu"``), whose gates are fused
+  into its GEMM and cannot be left out: one kernel call of the LSTM on zero projected inputs (no
+  gather, no head); in ``train`` mode the gradient w.r.t. ``W_hh`` (forward with saved gates,
+  the reverse chain of ``[b, 4h] x [4h, h]`` products, the weight gradient as one matmul). Also
+  the kernel's full LSTM steps (``jrnn:lstm/cpu``), when the kernel builds.
 - the full ``jrnn.lstm`` steps and ``torch.nn.LSTM`` (as in ``python -m jrnn.bench``), and
   torch's 3-layer train step.
 
@@ -66,26 +65,32 @@ def cpu_kernel_available() -> bool:
 
 
 def cpu_chain_workload(w: Workload):
-    """``(fn, args)`` of the chain in the cpu kernel: the seed cell with gate width ``4h``."""
+    """``(fn, args)`` of the chain in the cpu kernel: its LSTM loop on zero projected inputs.
+
+    The kernel's recurrent GEMM cannot run without its gates (they are fused into it), so its
+    floor is one kernel call of the LSTM with nothing around it: no token gather, no head; in
+    ``train`` mode the gradient w.r.t. ``W_hh`` (the forward with its saved gates, the reverse
+    chain and the weight gradient as one matmul).
+    """
     import jrnn
     from jrnn._src.backends import cpu
 
     size = w.size
-    h, g = size.hidden, sizes.gate_width("lstm", size.hidden)[1]
-    cell = jrnn.seed_rnn(h, g - h)
+    h = size.hidden
+    cell = jrnn.lstm(h)
     keys = jax.random.split(jax.random.key(0), 3)
     params = cell.init(keys[0], 1)
-    weight = jax.random.normal(keys[1], (h, g), jnp.float32) * h**-0.5
+    weight = jax.random.normal(keys[1], (h, 4 * h), jnp.float32) * h**-0.5
     h0 = jax.random.normal(keys[2], (size.batch, h), jnp.float32)
-    xp = jnp.zeros((size.steps, size.batch, g), jnp.float32)
+    xp = jnp.zeros((size.steps, size.batch, 4 * h), jnp.float32)
 
     def forward(weight, h0, xp):
         p = params._replace(w_hh=weight)
         carry, _, _ = cpu.run(
-            cell, p, xp, h0, mask=None, resets=None, reverse=False, unroll=1,
-            return_carries=False,
+            cell, p, xp, (h0, jnp.zeros_like(h0)), mask=None, resets=None, reverse=False,
+            unroll=1, return_carries=False,
         )  # fmt: skip
-        return carry
+        return carry[0]
 
     if w.mode == "forward":
         return forward, (weight, h0, xp)
