@@ -279,6 +279,10 @@ def test_jax_export_lowers_the_kernel_as_xla(cell_name):
     _close(got, jax.jit(functools.partial(f, backend="cpu"))(params, tokens), 2e-5)
     lowered = jax.jit(functools.partial(f, backend="cpu")).lower(params, tokens).as_text()
     assert "jrnn_rnn_fwd" in lowered  # a plain jit still runs the kernel
+    empty = tokens[:, :0]  # zero steps: the carry passes through
+    exp0 = jax.export.export(jax.jit(lambda p, x: net.apply(p, x, backend="cpu")))(params, empty)
+    got0 = jax.export.deserialize(exp0.serialize()).call(params, empty)
+    _close(got0, net.apply(params, empty, backend="xla"), 0.0)
 
 
 def test_vmap_of_unroll():

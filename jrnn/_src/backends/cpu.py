@@ -137,30 +137,32 @@ _fwd_p.multiple_results = True
 
 
 def _kernel_impl(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, **_):
-    cell_id, extra, reverse, carries = spec[:4]
+    cell_id, extra, reverse, carries, _ = spec
     lead = m8.shape[:nb]
     return _fwd_call(cell_id, extra, reverse, False, carries, w, bh, x, idx, h0, c0, m8, r8, lead)
 
 
 def _xla_impl(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, cell, treedef):
-    cell_id, extra, reverse, carries = spec[:4]
+    cell_id, _, reverse, carries, tokens = spec
+    lstm = cell_id == 0
 
     def one(w, bh, x, idx, h0, c0, m8, r8, *leaves):
         params = jax.tree.unflatten(treedef, leaves)
-        xp = x[idx] if idx.size else x
-        lstm = cell_id == 0
+        xp = x[idx] if tokens else x
         carry0 = (h0, c0) if lstm else h0
-        carry, ys, cs = xla.run(
-            cell, params, xp, carry0, mask=m8.astype(bool), resets=r8.astype(bool),
-            reverse=reverse, unroll=1, return_carries=carries,
-        )  # fmt: skip
+        kw = dict(reverse=reverse, unroll=1, return_carries=carries)
+        carry, ys, steps = xla.run(
+            cell, params, xp, carry0, mask=m8.astype(bool), resets=r8.astype(bool), **kw
+        )
         hT, cT = carry if lstm else (carry, c0)
-        hs, cs = (cs if lstm else (cs, jnp.zeros((0,), jnp.float32))) if carries else (None, None)
         empty = jnp.zeros((0,), jnp.float32)
-        if carries and not lstm:
-            cs = jnp.zeros(hs.shape[:-1] + (0,), jnp.float32)
-        return [ys, hT, cT, empty if hs is None else hs, empty if cs is None else cs, empty,
-                empty, empty]  # fmt: skip
+        if not carries:
+            hs = cs = empty
+        elif lstm:
+            hs, cs = steps
+        else:
+            hs, cs = steps, jnp.zeros((*steps.shape[:-1], 0), jnp.float32)
+        return [ys, hT, cT, hs, cs, empty, empty, empty]
 
     for _ in range(nb):
         one = jax.vmap(one)
@@ -168,7 +170,7 @@ def _xla_impl(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, cell, treedef):
 
 
 def _fwd_abstract(w, bh, x, idx, h0, c0, m8, r8, *leaves, nb, spec, **_):
-    cell_id, extra, _, carries = spec[:4]
+    cell_id, extra, _, carries, _ = spec
     shapes = _fwd_shapes(cell_id, extra, False, carries, w, c0, m8, m8.shape[:nb])
     return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
 
@@ -215,7 +217,7 @@ def _make(
         else:
             outs = _fwd_p.bind(
                 w, bh, xp, idx, h0, c0, m8, r8, *leaves,
-                nb=0, spec=(cell_id, extra, bool(reverse), bool(return_carries)),
+                nb=0, spec=(cell_id, extra, bool(reverse), bool(return_carries), tokens),
                 cell=cell, treedef=treedef,
             )  # fmt: skip
         ys, hT, cT, hs, cs, hin, cin, sv = outs
