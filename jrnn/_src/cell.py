@@ -445,16 +445,23 @@ def project(w: Array, b: Array | None, x: Array, dtype: Any) -> Array:
         table = w.astype(acc_dtype(dtype))
         if b is not None:
             table = table + row(b, table)
-        # Out-of-range tokens index an extra NaN row: the range check runs on the small int
-        # tensor, and the gather itself needs no select over the big [..., g] result.
-        vocab = table.shape[0]
-        table = jnp.concatenate([table, jnp.full((1, table.shape[1]), jnp.nan, table.dtype)])
-        idx = jnp.where((x >= 0) & (x < vocab), x, vocab)
+        table, idx = nan_row_table(table, x)
         return table.at[idx].get(mode="promise_in_bounds")
     out = matmul(x, w, dtype)
     if b is not None:
         out = out + row(b, out)
     return out
+
+
+def nan_row_table(table: Array, tokens: Array) -> tuple[Array, Array]:
+    """``table [vocab, g]`` with a NaN row appended, and ``tokens`` as row indices into it.
+
+    Out-of-range tokens index the NaN row: the range check runs on the small int tensor, and
+    a gather of the rows needs no select over the big ``[..., g]`` result.
+    """
+    vocab = table.shape[0]
+    table = jnp.concatenate([table, jnp.full((1, table.shape[1]), jnp.nan, table.dtype)])
+    return table, jnp.where((tokens >= 0) & (tokens < vocab), tokens, vocab)
 
 
 def lecun_normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:

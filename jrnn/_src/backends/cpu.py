@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import batching, mlir
 
+from jrnn._src import cell as cell_lib
 from jrnn._src.backends import cpu_kernel, xla
 
 _CELL_IDS = {"lstm": 0, "gru": 1, "seed_rnn": 4}
@@ -80,21 +81,27 @@ def supports(cell, **features) -> str | None:
     return _cell_id(cell)[1]
 
 
+def _array_problem(params, carry0, xp=None) -> Exception | None:
+    """The error for arrays the kernel cannot take (``xp`` None: token inputs), or None."""
+    if xp is not None and not hasattr(xp, "shape"):
+        return TypeError(
+            f"backend='cpu' needs the projected inputs as one array, got {type(xp).__name__}"
+        )
+    leaves = (params.w_hh, *jax.tree.leaves(carry0), *([] if xp is None else [xp]))
+    dtypes = {a.dtype for a in leaves}
+    if dtypes != {jnp.dtype(jnp.float32)}:
+        return NotImplementedError(
+            f"backend='cpu' computes in float32 only, got dtypes {sorted(map(str, dtypes))}"
+        )
+    return None
+
+
 def accepts(params, xs, carry0, *, tokens: bool) -> bool:
     """Whether ``"auto"`` may run this call here: the kernel is available (asked quietly) and
     the arrays are float32 (``"auto"`` runs ``"xla"`` otherwise; an explicit ``"cpu"`` raises)."""
     if not cpu_kernel.load(warn=False):
         return False
-    if not hasattr(xs, "dtype"):
-        return False
-    leaves = [getattr(params, "w_hh", None), *jax.tree.leaves(carry0)]
-    if not tokens:
-        leaves.append(xs)
-    return all(getattr(a, "dtype", None) == jnp.float32 for a in leaves)
-
-
-def _empty():
-    return jax.ShapeDtypeStruct((0,), jnp.float32)
+    return _array_problem(params, carry0, None if tokens else xs) is None
 
 
 def _fwd_shapes(cell_id, extra, save, carries, w, c0, m8, lead=()):
@@ -231,11 +238,10 @@ def _make(
 
     def loop_fwd(w, bh, xp, h0, c0, m8, r8, idx, leaves):
         out, saved = forward(w, bh, xp, h0, c0, m8, r8, idx, leaves, save=True)
-        zeros = tuple(jnp.zeros_like(a) for a in leaves)  # leaves: only for the XLA lowering
-        return out, (w, bh, m8, r8, idx, xp if tokens else None, saved, zeros)
+        return out, (w, bh, m8, r8, idx, xp if tokens else None, saved)
 
     def loop_bwd(res, cts):
-        w, bh, m8, r8, idx, table, (hin, cin, sv), zeros = res
+        w, bh, m8, r8, idx, table, (hin, cin, sv) = res
         dhT, dcT, dys, dhs, dcs = cts
         T, B = m8.shape
         GW = w.shape[1]
@@ -279,7 +285,8 @@ def _make(
             precision=jax.lax.Precision.HIGHEST,
         )
         dbh = jnp.sum(dhp, axis=(0, 1)) if bh.shape[0] else jnp.zeros_like(bh)
-        return dw, dbh, dtable if tokens else dxp, dh0, dc0, None, None, None, zeros
+        # leaves (the params, read only by the forward's XLA lowering): no cotangent of their own
+        return dw, dbh, dtable if tokens else dxp, dh0, dc0, None, None, None, None
 
     loop.defvjp(loop_fwd, loop_bwd)
     return loop
@@ -290,16 +297,9 @@ def _check(cell, params, carry0, xp=None):
     cell_id, reason = _cell_id(cell)
     if reason is not None:
         raise NotImplementedError(f"backend='cpu' does not support this call: {reason}")
-    if xp is not None and not hasattr(xp, "shape"):
-        raise TypeError(
-            f"backend='cpu' needs the projected inputs as one array, got {type(xp).__name__}"
-        )
-    leaves = (params.w_hh, *jax.tree.leaves(carry0), *([] if xp is None else [xp]))
-    dtypes = {a.dtype for a in leaves}
-    if dtypes != {jnp.dtype(jnp.float32)}:
-        raise NotImplementedError(
-            f"backend='cpu' computes in float32 only, got dtypes {sorted(map(str, dtypes))}"
-        )
+    problem = _array_problem(params, carry0, xp)
+    if problem is not None:
+        raise problem
     return cell_id
 
 
@@ -373,13 +373,12 @@ def run_tokens(cell, params, tokens, carry0, *, mask, resets, reverse, unroll, r
         return xla.run(
             cell, params, cell.input_projection(params, tokens), carry0, unroll=unroll, **kw
         )
-    depth = params.w_ih.shape[0]
-    table = cell.input_projection(params, jnp.arange(depth, dtype=jnp.int32))
-    table = jnp.concatenate([table, jnp.full((1, table.shape[-1]), jnp.nan, table.dtype)])
-    if table.dtype != jnp.float32:
-        raise NotImplementedError(f"backend='cpu' computes in float32 only, got {table.dtype}")
+    rows = cell.input_projection(params, jnp.arange(params.w_ih.shape[0], dtype=jnp.int32))
+    if rows.dtype != jnp.float32:
+        raise NotImplementedError(f"backend='cpu' computes in float32 only, got {rows.dtype}")
+    table, idx = cell_lib.nan_row_table(rows, tokens)
     T, batch = tokens.shape[0], tuple(tokens.shape[1:])
-    idx = jnp.where((tokens >= 0) & (tokens < depth), tokens, depth).astype(jnp.int32)
+    idx = idx.astype(jnp.int32)
     idx = idx.reshape(T, math.prod(batch))
     return _run(
         cell, cell_id, params, table, idx, T, batch, carry0, mask, resets, reverse, return_carries

@@ -348,6 +348,12 @@ void run_items(int nt, int64_t phases, int64_t np, F&& f) {
 
 // ------------------------------------------------------------------ forward
 
+// The table row of an index: one outside [0, rows) reads the last row, the NaN row the caller
+// appends (so the kernel never reads outside the table, whatever the indices hold).
+inline int64_t table_row(int32_t i, int64_t rows) {
+  return i >= 0 && i < rows ? (int64_t)i : rows - 1;
+}
+
 struct FwdArgs {
   const float *xp, *w, *bh, *h0, *c0;
   const int32_t* idx;  // token mode: xp is a table [rows, g] and step t, row b reads idx[t, b]
@@ -362,8 +368,7 @@ struct FwdArgs {
   // [0, rows) reads the last row, which the caller fills with NaN).
   const float* x_row(int64_t t, int64_t b, int64_t B, int64_t GW) const {
     if (!idx) return xp + (t * B + b) * GW;
-    const int32_t i = idx[t * B + b];
-    return xp + (i >= 0 && i < rows ? (int64_t)i : rows - 1) * GW;
+    return xp + table_row(idx[t * B + b], rows) * GW;
   }
 };
 
@@ -591,8 +596,7 @@ void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t 
     // from dxp after the loop (bwd_item's last phase), off the step-to-step chain.
     float* trow = nullptr;
     if (a.dtable && !a.dxp) {
-      const int32_t i = a.idx[tb];
-      trow = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW + E + u0;
+      trow = a.dtable + table_row(a.idx[tb], a.rows) * GW + E + u0;
     }
     // dz of gate g: into dxp, and added into the token's row of the table gradient.
     auto put = [&](int g, vf v) {
@@ -696,8 +700,7 @@ void bwd_item(const Dims& d, const BwdArgs& a, float* packed, const BwdState& st
     const int ng = gates_of(a.cell);
     for (int64_t tb = 0; tb < T * B; ++tb) {
       if (!a.mask[tb]) continue;
-      const int32_t i = a.idx[tb];
-      float* row = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW + d.E;
+      float* row = a.dtable + table_row(a.idx[tb], a.rows) * GW + d.E;
       const float* dz = a.dxp + tb * GW + d.E;
       for (int g = 0; g < ng; ++g)
         for (int64_t u0 = ub; u0 < ue; u0 += V) {
@@ -739,8 +742,7 @@ void bwd_extra(const Dims& d, const BwdArgs& a) {
     const bool m = a.mask[tb] != 0;
     for (int64_t e = 0; e < E; ++e) dx[e] = (m && y[e] > 0.0f) ? dy[e] : 0.0f;
     if (a.dtable && m) {
-      const int32_t i = a.idx[tb];
-      float* row = a.dtable + (i >= 0 && i < a.rows ? (int64_t)i : a.rows - 1) * GW;
+      float* row = a.dtable + table_row(a.idx[tb], a.rows) * GW;
       for (int64_t e = 0; e < E; ++e) row[e] += dx[e];
     }
   }
