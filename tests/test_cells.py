@@ -234,3 +234,33 @@ def test_bad_cell_arguments(factory, kwargs, match):
 def test_bad_input_size():
     with pytest.raises(ValueError, match="input_size"):
         jrnn.lstm(4).init(jax.random.key(0), 0)
+
+
+def test_input_projection_gradient_is_one_matmul_without_a_transposed_copy():
+    """The input weights' gradient of a ``[t, b, i]`` projection equals float64 ``x^T dy`` and
+    compiles to a dot with one contracting dimension: no transpose or copy of the ``[t, b, g]``
+    gradient in the optimized HLO (``project`` multiplies ``x`` as one ``[t b, i]`` matrix)."""
+    from jrnn._src import cell as cell_lib
+
+    T, Bt, In, G = 16, 8, 24, 40
+    ks = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(ks[0], (T, Bt, In))
+    w = jax.random.normal(ks[1], (In, G)) * In**-0.5
+    b = jax.random.normal(ks[2], (G,))
+
+    def loss(w, b):
+        return jnp.sum(jnp.sin(cell_lib.project(w, b, x, jnp.float32)))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    gw, gb = grad(w, b)
+    x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, w, b))
+    dy = np.cos(x64 @ w64 + b64)
+    np.testing.assert_allclose(gw, np.einsum("tbi,tbg->ig", x64, dy), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, dy.sum((0, 1)), rtol=1e-4, atol=1e-4)
+    hlo = grad.lower(w, b).compile().as_text()
+    dims = sorted((T, Bt, G))
+    for line in hlo.splitlines():
+        if " transpose(" in line or " copy(" in line:
+            shape = line.split("= f32[", 1)[-1].split("]", 1)[0]
+            got = sorted(int(v) for v in shape.split(",") if v.strip().isdigit())
+            assert got != dims, f"the [t, b, g] gradient is transposed: {line.strip()[:160]}"

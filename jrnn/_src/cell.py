@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -416,8 +417,17 @@ def row(v: Array, like: Array) -> Array:
 
 
 def matmul(x: Array, w: Array, dtype: Any) -> Array:
-    """``x @ w`` with operands in ``dtype`` and float32 (float64) accumulation and result."""
-    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=acc_dtype(dtype))
+    """``x @ w`` with operands in ``dtype`` and float32 (float64) accumulation and result.
+
+    ``x [..., i]`` is multiplied as one ``[n, i]`` matrix: the gradient of ``w`` is then a dot
+    with one contracting dimension (``x^T dy``), which XLA runs without first transposing
+    ``dy`` (with ``x`` kept ``[t, b, i]``, it contracts two dimensions and copies ``dy``).
+    """
+    lead = x.shape[:-1]
+    if len(lead) > 1:
+        x = x.reshape(math.prod(lead), x.shape[-1])
+    out = jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=acc_dtype(dtype))
+    return out.reshape(*lead, w.shape[-1]) if len(lead) > 1 else out
 
 
 def is_tokens(x: Array) -> bool:
