@@ -137,6 +137,10 @@ def test_matches_reference_more_configs(cell_name, config):
         ("lstm", 7, 3, 257, None),
         # hidden 300: backward panels of 4 unit vectors (2 with 130), the last one partly empty
         ("lstm", 300, 5, 7, "2"),
+        # 3 threads on 2 cores: uneven owned ranges (6, 6, 7 panels), a descheduled owner's
+        # panels taken by the others
+        ("lstm", 300, 5, 7, "3"),
+        pytest.param("seed_rnn", 130, 5, 4, "3", marks=pytest.mark.slow),
         pytest.param("gru", 300, 4, 5, "1", marks=pytest.mark.slow),
         pytest.param("lstm", 130, 3, 9, "2", marks=pytest.mark.slow),
         pytest.param("seed_rnn", 130, 5, 4, "2", marks=pytest.mark.slow),

@@ -21,6 +21,9 @@
 // The vector width V and the register blocking come from the compile flags (-march=native):
 // 16 lanes with AVX-512F, else 8 (AVX2/FMA or whatever the compiler maps 32-byte vectors to).
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <sched.h>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -62,7 +65,20 @@ constexpr int mb_max() {
   return std::min(12, (NREG - NG - 2) / NG);
 }
 
-inline vf splat(float x) { return vf{} + x; }
+// x in every lane. Not `vf{} + x`: that is a scalar add (0 + x is not x for x = -0) and a
+// register broadcast per call, two extra uops beside each row's FMAs in the micro-kernel; a
+// broadcast is one load uop when x comes from memory.
+inline vf splat(float x) {
+#if defined(__AVX512F__) && (defined(__x86_64__) || defined(__i386__))
+  return (vf)_mm512_set1_ps(x);
+#elif defined(__AVX__) && (defined(__x86_64__) || defined(__i386__))
+  return (vf)_mm256_set1_ps(x);
+#else
+  vf v;
+  for (int l = 0; l < V; ++l) v[l] = x;
+  return v;
+#endif
+}
 
 inline vf loadp(const float* p, int n) {
   if (n == V) return (vf)(*(const vfu*)p);
@@ -309,12 +325,22 @@ struct Dims {
 // ------------------------------------------------------------------ scheduling
 
 // The work of a call is a sequence of phases (packing, then one per time step), each split into
-// `np` items (panels of V hidden units). Threads claim items in order from one counter; an item
-// of phase k starts once every item of phases < k is complete (one counter of completed items).
-// No thread waits for a particular other thread: on a loaded machine, whichever threads run
-// make progress, and a step only waits for the items already claimed.
+// `np` items (panels of V hidden units). Every thread owns a fixed contiguous range of items and
+// claims them first, phase after phase: the panels a thread packed stay in its core's cache for
+// every step (with a shared counter, a panel would move between cores from step to step and
+// each step would re-read W_hh from the last-level cache). A thread whose own items of a phase
+// are all claimed takes the unclaimed ones of the other ranges, so on a loaded machine whichever
+// threads run make progress; an item of phase k starts once every item of phases < k is
+// complete (one counter of completed items). No thread waits for a particular other thread.
+constexpr int kMaxThreads = 64;
+
+struct alignas(64) Range {
+  std::atomic<int64_t> claimed{0};  // items of this range claimed, over all phases
+  int64_t lo = 0, n = 0;            // the range's first item and size
+};
+
 struct Schedule {
-  std::atomic<int64_t> next{0};
+  Range ranges[kMaxThreads];
   std::atomic<int64_t> completed{0};
 };
 
@@ -328,19 +354,38 @@ inline void wait_until(const std::atomic<int64_t>& c, int64_t target) {
   }
 }
 
+// Claims the next unclaimed item of range r in phase ph; -1 when none is left.
+inline int64_t claim(Range& r, int64_t ph) {
+  const int64_t end = (ph + 1) * r.n;
+  int64_t v = r.claimed.load(std::memory_order_relaxed);
+  while (v < end) {
+    if (r.claimed.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) {
+      return r.lo + v % r.n;
+    }
+  }
+  return -1;
+}
+
 // Runs f(phase, item) for every phase < phases and item < np, phases in order.
 template <typename F>
 void run_items(int nt, int64_t phases, int64_t np, F&& f) {
+  nt = std::max(1, std::min(nt, kMaxThreads));
   Schedule sch;
-  const int64_t total = phases * np;
-  std::function<void(int)> job = [&](int) {
-    for (;;) {
-      const int64_t i = sch.next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= total) return;
-      const int64_t ph = i / np;
+  for (int j = 0; j < nt; ++j) {
+    sch.ranges[j].lo = np * j / nt;
+    sch.ranges[j].n = np * (j + 1) / nt - sch.ranges[j].lo;
+  }
+  std::function<void(int)> job = [&](int id) {
+    for (int64_t ph = 0; ph < phases; ++ph) {
       wait_until(sch.completed, ph * np);
-      f(ph, i % np);
-      sch.completed.fetch_add(1, std::memory_order_release);
+      for (int k = 0; k < nt; ++k) {  // own range first, then the others in turn
+        Range& r = sch.ranges[(id + k) % nt];
+        if (r.n == 0) continue;
+        for (int64_t it; (it = claim(r, ph)) >= 0;) {
+          f(ph, it);
+          sch.completed.fetch_add(1, std::memory_order_release);
+        }
+      }
     }
   };
   pool().run(nt, job);
