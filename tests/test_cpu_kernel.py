@@ -411,3 +411,34 @@ def test_avx2_build_matches_xla(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0 and "AVX2 OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_huge_page_advice_changes_no_value():
+    """``JRNN_CPU_HUGEPAGES=1`` (read once per process) advises huge pages for buffers of 4 MiB
+    and more; values and gradients stay equal to "xla"."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np, jrnn
+        from jrnn._src.backends import cpu_kernel
+        assert cpu_kernel.load(), cpu_kernel.status()
+        cell = jrnn.lstm(64)  # saved gates [128, 64, 256] float32: 8 MiB
+        p = cell.init(jax.random.key(0), 16)
+        xs = jax.random.normal(jax.random.key(1), (64, 128, 16))
+        lengths = jnp.arange(64) * 2
+        def loss(p, xs, backend):
+            c, ys = jrnn.unroll(cell, p, xs, lengths=lengths, backend=backend)
+            return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(a) for a in jax.tree.leaves(c))
+        want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(p, xs, "xla")
+        got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(p, xs, "cpu")
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * (1 + abs(w).max()))
+        print("HUGEPAGES OK")
+        """
+    )
+    env = dict(os.environ, JRNN_CPU_HUGEPAGES="1")
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "HUGEPAGES OK" in proc.stdout, proc.stderr[-3000:]

@@ -236,17 +236,19 @@ int num_threads(int64_t fmas, int64_t panels) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(nt, panels));
 }
 
-// Asks the kernel to back a large output buffer with transparent huge pages before the loop
-// first writes it. XLA allocates big buffers afresh per call, and a [t, b, 4h] buffer of 4 KiB
-// pages costs one page fault per 4 KiB on first touch (about a third of a forward-with-save at
-// the seed size); with THP in "madvise" mode this makes it one per 2 MiB. The advice covers the
-// 2 MiB-aligned range around the buffer: it never changes data, and a 2 MiB range that already
-// holds 4 KiB pages (a neighbouring buffer in use) keeps them. JRNN_CPU_HUGEPAGES=0 turns it off.
+// On request (JRNN_CPU_HUGEPAGES=1), asks the kernel to back a large output buffer with
+// transparent huge pages before the loop first writes it. XLA allocates big buffers afresh per
+// call, and a [t, b, 4h] buffer of 4 KiB pages costs one page fault per 4 KiB on first touch;
+// with THP in "madvise" mode this makes it one per 2 MiB. The advice covers the 2 MiB-aligned
+// range around the buffer: it never changes data, and a 2 MiB range that already holds 4 KiB
+// pages (a neighbouring buffer in use) keeps them. Off by default: where the host reclaims the
+// guest's free memory (VMs with free page reporting), a fresh 2 MiB page is often one the host
+// must back again, and a step that faults one stalls the other threads at the step barrier.
 void advise_huge(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool on = [] {
     const char* env = std::getenv("JRNN_CPU_HUGEPAGES");
-    return !(env && env[0] == '0');
+    return env && env[0] == '1';
   }();
   constexpr uintptr_t kHuge = uintptr_t{1} << 21;
   if (!on || p == nullptr || bytes < 2 * kHuge) return;
