@@ -30,12 +30,14 @@
 #endif
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -264,6 +266,53 @@ void advise_huge(void* p, size_t bytes) {
 template <typename R>
 void advise_huge_result(R& r) {
   advise_huge(r->untyped_data(), r->size_bytes());
+}
+
+// Faults in the pages of a call's large output buffers before the time loop, split over the
+// threads (madvise MADV_POPULATE_WRITE, Linux 5.14+: the kernel maps each page as a write would,
+// without touching the data). XLA allocates these buffers afresh per call; faulting them inside
+// the loop costs a trap per 4 KiB page in whichever thread first writes it, while the other
+// threads wait at the step barrier. JRNN_CPU_PREFAULT=0 turns it off; a kernel without the
+// advice (EINVAL) turns it off for the process.
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+std::atomic<bool> g_populate{true};
+
+struct Span {
+  char* lo;
+  char* hi;
+};
+
+template <typename F>
+void run_items(int nt, int64_t phases, int64_t np, F&& f);
+
+void prefault(std::initializer_list<std::pair<void*, size_t>> bufs, int nt) {
+#if defined(__linux__)
+  static const bool on = [] {
+    const char* env = std::getenv("JRNN_CPU_PREFAULT");
+    return !(env && env[0] == '0');
+  }();
+  if (!on || !g_populate.load(std::memory_order_relaxed)) return;
+  constexpr size_t kPage = 4096, kChunk = size_t{1} << 21;
+  std::vector<Span> chunks;
+  for (auto [p, bytes] : bufs) {
+    if (p == nullptr || bytes < kChunk) continue;
+    char* lo = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~(kPage - 1));
+    char* end = static_cast<char*>(p) + bytes;
+    for (; lo < end; lo += kChunk) chunks.push_back({lo, std::min(lo + kChunk, end)});
+  }
+  if (chunks.empty()) return;
+  run_items(nt, 1, (int64_t)chunks.size(), [&](int64_t, int64_t i) {
+    if (!g_populate.load(std::memory_order_relaxed)) return;
+    const Span c = chunks[i];
+    if (madvise(c.lo, c.hi - c.lo, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+      g_populate.store(false, std::memory_order_relaxed);
+  });
+#else
+  (void)bufs;
+  (void)nt;
+#endif
 }
 
 float* alloc_floats(size_t n) {
@@ -883,6 +932,10 @@ ffi::Error FwdImpl(F32 xp, S32 idx, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 r
   const int ng = gates_of(cell);
   const int64_t npu = (H + V - 1) / V, npe = (d.E + V - 1) / V;
   const int nt = num_threads(B * H * GW, npu);
+  prefault({{ys->untyped_data(), ys->size_bytes()}, {hs->untyped_data(), hs->size_bytes()},
+            {cs->untyped_data(), cs->size_bytes()}, {hin->untyped_data(), hin->size_bytes()},
+            {cin->untyped_data(), cin->size_bytes()}, {sv->untyped_data(), sv->size_bytes()}},
+           nt);
   float* packed = alloc_floats((npu * ng + npe) * H * V);
   float* hbuf = alloc_floats(2 * B * H);
   float* cbuf = alloc_floats(B * H);
@@ -986,6 +1039,8 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, S32 idx,
   for (R32* r : {&dxp, &dhp}) advise_huge_result(*r);
   if (tokens && (T == 0 || B == 0)) std::memset(dtable->typed_data(), 0, count(*dtable) * 4);
   const int nt = num_threads(B * H * GW, (H + V - 1) / V);
+  prefault({{dxp->untyped_data(), dxp->size_bytes()}, {dhp->untyped_data(), dhp->size_bytes()}},
+           nt);
   const int nu = bwd_vectors(H, nt);
   const int64_t npu = (H + nu * V - 1) / (nu * V);
   float* packed = alloc_floats(npu * GW * nu * V);
