@@ -82,6 +82,10 @@ inline vf splat(float x) {
 #endif
 }
 
+// Software prefetches into L2 (the data is used within the step, after the GEMM).
+inline void prefetch_read(const void* p) { __builtin_prefetch(p, 0, 2); }
+inline void prefetch_write(const void* p) { __builtin_prefetch(p, 1, 2); }
+
 inline vf loadp(const float* p, int n) {
   if (n == V) return (vf)(*(const vfu*)p);
   vf v = {};
@@ -674,6 +678,27 @@ void bwd_carry_in(const Dims& d, const BwdArgs& a, const float* packed, const Bw
 }
 
 // The gate derivatives of step t for the unit vector at u0: writes dz (dxp, and dhp for the GRU).
+// Prefetches what bwd_pointwise reads and writes for step t, units [ub, ue): rows one [b]
+// apart, which the hardware prefetcher does not follow.
+void bwd_prefetch(const Dims& d, const BwdArgs& a, int64_t t, int64_t ub, int64_t ue) {
+  const int64_t B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
+  const int64_t S = saved_width(a.cell, H, E);
+  const int nsv = a.cell == kLstm || a.cell == kGru ? 4 : 1;
+  const int ng = gates_of(a.cell);
+  const int64_t off = a.cell == kSeed ? E : 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t tb = t * B + b;
+    for (int64_t u0 = ub; u0 < ue; u0 += V) {
+      for (int g = 0; g < nsv; ++g) prefetch_read(a.sv + tb * S + off + g * H + u0);
+      if (a.cell == kLstm) prefetch_read(a.cin + tb * H + u0);
+      if (a.cell == kGru) prefetch_read(a.hin + tb * H + u0);
+      if (a.cell != kSeed) prefetch_read(a.dys + tb * O + u0);
+      if (a.dxp)
+        for (int g = 0; g < ng; ++g) prefetch_write(a.dxp + tb * GW + E + g * H + u0);
+    }
+  }
+}
+
 void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t t, int64_t u0) {
   const int64_t B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
   const int64_t S = saved_width(a.cell, H, E);
@@ -787,6 +812,7 @@ void bwd_item(const Dims& d, const BwdArgs& a, float* packed, const BwdState& st
   // Reverse step s processes forward step t(s); the previous one processed is t(s - 1).
   auto t_of = [&](int64_t s) { return a.reverse ? s : T - 1 - s; };
   const int64_t s = phase - 1;
+  if (s < T) bwd_prefetch(d, a, t_of(s), ub, ue);  // read by the pointwise part below
   if (s > 0) bwd_carry_in<NU>(d, a, packed, st, t_of(s - 1), p);
   if (s < T) {
     for (int64_t u0 = ub; u0 < ue; u0 += V) bwd_pointwise(d, a, st, t_of(s), u0);
