@@ -8,6 +8,7 @@ import pytest
 import jrnn
 from jrnn._src import cell as cell_lib
 from jrnn._src import tree
+from jrnn._src.layers import SCAN_LAYERS_FROM as SCAN_FROM
 
 B, T, I, H = 3, 6, 5, 4
 LENGTHS = np.array([6, 3, 1], np.int32)
@@ -40,24 +41,27 @@ def close(a, b, tol=1e-5):
     "bidirectional,merge", [(False, "concat"), (True, "concat"), (True, "sum")]
 )
 @pytest.mark.parametrize("tokens", [False, True], ids=["floats", "tokens"])
-def test_stack_equals_hand_composition(bidirectional, merge, tokens):
+# layers called in turn, and layers 2..n as one lax.scan
+@pytest.mark.parametrize("num_layers", [SCAN_FROM - 1, SCAN_FROM], ids=["loop", "scan"])
+def test_stack_equals_hand_composition(bidirectional, merge, tokens, num_layers):
     cell = jrnn.lstm(H)
-    net = jrnn.rnn(cell, num_layers=3, bidirectional=bidirectional, merge=merge)
+    net = jrnn.rnn(cell, num_layers=num_layers, bidirectional=bidirectional, merge=merge)
     params = net.init(jax.random.key(0), I)
     if tokens:
         xs = jax.random.randint(jax.random.key(1), (B, T), 0, I)
     else:
         xs = jax.random.normal(jax.random.key(1), (B, T, I))
     ys, carries = jax.jit(lambda p, x: net.apply(p, x, lengths=LENGTHS))(params, xs)
-    ref_ys, ref_carries = hand_stack(cell, params, xs, LENGTHS, 3, bidirectional, merge)
+    ref_ys, ref_carries = hand_stack(cell, params, xs, LENGTHS, num_layers, bidirectional, merge)
     close(ys, ref_ys)
     close(carries, ref_carries)
     assert ys.shape[-1] == net.output_size
 
 
-def test_gru_bidirectional_gradients_match_hand_composition():
+@pytest.mark.parametrize("num_layers", [2, SCAN_FROM], ids=["loop", "scan"])
+def test_gru_bidirectional_gradients_match_hand_composition(num_layers):
     cell = jrnn.gru(H)
-    net = jrnn.rnn(cell, num_layers=2, bidirectional=True)
+    net = jrnn.rnn(cell, num_layers=num_layers, bidirectional=True)
     params = net.init(jax.random.key(0), I)
     xs = jax.random.normal(jax.random.key(1), (B, T, I))
 
@@ -66,7 +70,9 @@ def test_gru_bidirectional_gradients_match_hand_composition():
         return jnp.sum(jnp.sin(ys)) + jnp.sum(c**2)
 
     g = jax.grad(loss)(params, lambda p: net.apply(p, xs, lengths=LENGTHS))
-    g_ref = jax.grad(loss)(params, lambda p: hand_stack(cell, p, xs, LENGTHS, 2, True, "concat"))
+    g_ref = jax.grad(loss)(
+        params, lambda p: hand_stack(cell, p, xs, LENGTHS, num_layers, True, "concat")
+    )
     close(g, g_ref)
 
 

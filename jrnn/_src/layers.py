@@ -4,8 +4,10 @@
 ``(init, apply, initial_carries)``. Design points:
 
 * The first layer is separate (its input size differs); layers 2..n have stacked parameters
-  (leading axis ``n - 1``) and run as one ``lax.scan`` over layers, so compile time does not grow
-  with depth.
+  (leading axis ``n - 1``). From :data:`SCAN_LAYERS_FROM` layers on they run as one ``lax.scan``
+  over layers, so compile time does not grow with depth; shallower stacks call each layer in
+  turn, which compiles as fast and runs faster (no stacking of the layers' saved activations
+  into the scan's zero-initialised output buffers).
 * A bidirectional layer runs both directions in one time loop: the backward direction's inputs
   are flipped in time and both directions are ``vmap``-ed over a leading direction axis of size
   2 (params and carries). Flipping a masked sequence and scanning forward is the same as a
@@ -26,6 +28,12 @@ from jrnn._src import cell as cell_lib
 from jrnn._src import tree
 from jrnn._src import unroll as unroll_lib
 from jrnn._src.cell import Array, Cell
+
+# Stacks of this many layers or more run layers 2..n as one lax.scan; shallower ones call the
+# layers in turn. Measured (LSTM train step, hidden 128, T 64, batch 8): compile 0.83 / 1.01 s
+# for 2 / 3 layers called in turn against 0.89 / 1.13 s scanned, 1.10 against 1.01 s at 4;
+# the 3-layer seed-size step on the CPU kernel 1092-1098 ms against 1180-1198 ms scanned.
+SCAN_LAYERS_FROM = 4
 
 
 class RNNParams(NamedTuple):
@@ -381,7 +389,15 @@ def rnn(
                 return y_tm, c
 
             c_rest = jax.tree.map(lambda a: a[1:], carries)
-            y, carry_rest = jax.lax.scan(body, y, (params.rest, c_rest, rest_keys))
+            if num_layers >= SCAN_LAYERS_FROM:
+                y, carry_rest = jax.lax.scan(body, y, (params.rest, c_rest, rest_keys))
+            else:
+                outs = []
+                for i in range(num_layers - 1):
+                    ks = None if rest_keys is None else rest_keys[i]
+                    y, c = body(y, (tree.index(params.rest, i), tree.index(c_rest, i), ks))
+                    outs.append(c)
+                carry_rest = jax.tree.map(lambda *a: jnp.stack(a), *outs)
             out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), carry_first, carry_rest)
         else:
             out = jax.tree.map(lambda a: a[None], carry_first)
