@@ -677,7 +677,6 @@ void bwd_carry_in(const Dims& d, const BwdArgs& a, const float* packed, const Bw
   });
 }
 
-// The gate derivatives of step t for the unit vector at u0: writes dz (dxp, and dhp for the GRU).
 // Prefetches what bwd_pointwise reads and writes for step t, units [ub, ue): rows one [b]
 // apart, which the hardware prefetcher does not follow.
 void bwd_prefetch(const Dims& d, const BwdArgs& a, int64_t t, int64_t ub, int64_t ue) {
@@ -699,6 +698,7 @@ void bwd_prefetch(const Dims& d, const BwdArgs& a, int64_t t, int64_t ub, int64_
   }
 }
 
+// The gate derivatives of step t for the unit vector at u0: writes dz (dxp, and dhp for the GRU).
 void bwd_pointwise(const Dims& d, const BwdArgs& a, const BwdState& st, int64_t t, int64_t u0) {
   const int64_t B = d.B, H = d.H, GW = d.GW, E = d.E, O = d.O;
   const int64_t S = saved_width(a.cell, H, E);
