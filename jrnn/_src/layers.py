@@ -397,7 +397,7 @@ def rnn(
                     ks = None if rest_keys is None else rest_keys[i]
                     y, c = body(y, (tree.index(params.rest, i), tree.index(c_rest, i), ks))
                     outs.append(c)
-                carry_rest = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+                carry_rest = tree.stack(outs)
             out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), carry_first, carry_rest)
         else:
             out = jax.tree.map(lambda a: a[None], carry_first)
