@@ -267,17 +267,13 @@ void advise_huge(void* p, size_t bytes) {
 #endif
 }
 
-template <typename R>
-void advise_huge_result(R& r) {
-  advise_huge(r->untyped_data(), r->size_bytes());
-}
-
-// Faults in the pages of a call's large output buffers before the time loop, split over the
-// threads (madvise MADV_POPULATE_WRITE, Linux 5.14+: the kernel maps each page as a write would,
-// without touching the data). XLA allocates these buffers afresh per call; faulting them inside
-// the loop costs a trap per 4 KiB page in whichever thread first writes it, while the other
-// threads wait at the step barrier. JRNN_CPU_PREFAULT=0 turns it off; a kernel without the
-// advice (EINVAL) turns it off for the process.
+// Before a call's time loop: the huge-page advice (on request, above), then the pages of the
+// call's large output buffers faulted in, split over the threads (madvise MADV_POPULATE_WRITE,
+// Linux 5.14+: the kernel maps each page as a write would, without touching the data). XLA
+// allocates these buffers afresh per call; faulting them inside the loop costs a trap per 4 KiB
+// page in whichever thread first writes it, while the other threads wait at the step barrier.
+// JRNN_CPU_PREFAULT=0 turns it off; a kernel without the advice (EINVAL) turns it off for the
+// process.
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -291,7 +287,9 @@ struct Span {
 template <typename F>
 void run_items(int nt, int64_t phases, int64_t np, F&& f);
 
-void prefault(std::initializer_list<std::pair<void*, size_t>> bufs, int nt) {
+template <typename R>
+void prepare_outputs(std::initializer_list<R*> results, int nt) {
+  for (R* r : results) advise_huge((*r)->untyped_data(), (*r)->size_bytes());
 #if defined(__linux__)
   static const bool on = [] {
     const char* env = std::getenv("JRNN_CPU_PREFAULT");
@@ -300,7 +298,9 @@ void prefault(std::initializer_list<std::pair<void*, size_t>> bufs, int nt) {
   if (!on || !g_populate.load(std::memory_order_relaxed)) return;
   constexpr size_t kPage = 4096, kChunk = size_t{1} << 21;
   std::vector<Span> chunks;
-  for (auto [p, bytes] : bufs) {
+  for (R* r : results) {
+    void* p = (*r)->untyped_data();
+    const size_t bytes = (*r)->size_bytes();
     if (p == nullptr || bytes < kChunk) continue;
     char* lo = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~(kPage - 1));
     char* end = static_cast<char*>(p) + bytes;
@@ -314,7 +314,6 @@ void prefault(std::initializer_list<std::pair<void*, size_t>> bufs, int nt) {
       g_populate.store(false, std::memory_order_relaxed);
   });
 #else
-  (void)bufs;
   (void)nt;
 #endif
 }
@@ -954,14 +953,10 @@ ffi::Error FwdImpl(F32 xp, S32 idx, F32 w, F32 bh, F32 h0, F32 c0, U8 mask, U8 r
             (!want_carries || fits(count(*cs), G, T * B * HC, false));
   if (!ok) return ffi::Error::InvalidArgument("jrnn_rnn_fwd: buffer sizes do not match");
   if (G == 0) return ffi::Error::Success();
-  for (R32* r : {&ys, &hs, &cs, &hin, &cin, &sv}) advise_huge_result(*r);
   const int ng = gates_of(cell);
   const int64_t npu = (H + V - 1) / V, npe = (d.E + V - 1) / V;
   const int nt = num_threads(B * H * GW, npu);
-  prefault({{ys->untyped_data(), ys->size_bytes()}, {hs->untyped_data(), hs->size_bytes()},
-            {cs->untyped_data(), cs->size_bytes()}, {hin->untyped_data(), hin->size_bytes()},
-            {cin->untyped_data(), cin->size_bytes()}, {sv->untyped_data(), sv->size_bytes()}},
-           nt);
+  prepare_outputs<R32>({&ys, &hs, &cs, &hin, &cin, &sv}, nt);
   float* packed = alloc_floats((npu * ng + npe) * H * V);
   float* hbuf = alloc_floats(2 * B * H);
   float* cbuf = alloc_floats(B * H);
@@ -1062,11 +1057,9 @@ ffi::Error BwdImpl(F32 w, F32 sv, F32 hin, F32 cin, U8 mask, U8 resets, S32 idx,
             fits(count(*dh0), G, B * H, false) && fits(count(*dc0), G, B * HC, false);
   if (!ok) return ffi::Error::InvalidArgument("jrnn_rnn_bwd: buffer sizes do not match");
   if (G == 0) return ffi::Error::Success();
-  for (R32* r : {&dxp, &dhp}) advise_huge_result(*r);
   if (tokens && (T == 0 || B == 0)) std::memset(dtable->typed_data(), 0, count(*dtable) * 4);
   const int nt = num_threads(B * H * GW, (H + V - 1) / V);
-  prefault({{dxp->untyped_data(), dxp->size_bytes()}, {dhp->untyped_data(), dhp->size_bytes()}},
-           nt);
+  prepare_outputs<R32>({&dxp, &dhp}, nt);
   const int nu = bwd_vectors(H, nt);
   const int64_t npu = (H + nu * V - 1) / (nu * V);
   float* packed = alloc_floats(npu * GW * nu * V);
